@@ -1,0 +1,48 @@
+# The two commands a user needs: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.genguard-install-stamp
+PHOTOS := data/01_raw/debian_photos
+
+# No run may stop to ask for consent or phone home (CI has no stdin and no network).
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := False
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test ui bench data clean-outputs
+
+install: $(STAMP) $(PHOTOS)/.complete
+
+# torch + torchvision go in first, pinned: otherwise deepspeed/open_clip/diffusers may pull a
+# different multi-GB torch build. deepspeed ships as an sdist: DS_BUILD_OPS=0 builds no kernels
+# now (they JIT-compile on first use).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	DS_BUILD_OPS=0 $(PY) -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+# Real photographs for the embedded default dataset (Debian wallpaper packages, unpacked locally;
+# licences recorded in the manifest). Without apt the build falls back to the photos in wheels.
+$(PHOTOS)/.complete: | $(STAMP)
+	$(PY) -m genguard.data.photos --dest $(PHOTOS)
+
+data: install
+	$(VENV)/bin/kedro run --pipelines=aigi_data
+
+run: install
+	$(VENV)/bin/kedro run --pipeline=pin_clip
+
+test: install
+	$(PY) -m pytest
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
+		--default-artifact-root mlruns/artifacts --host 127.0.0.1 --port 5000
+
+bench: install
+	$(PY) benchmarks/run_all.py

@@ -1,0 +1,112 @@
+"""Backbone factory over open_clip: architecture as data (JSON), weights resolved separately.
+
+The embedded default uses ``genguard-tiny-vit`` (configs/genguard-tiny-vit.json: 64-px ViT, 2 layers,
+width 64, random init) so every CLIP method runs on a CPU in seconds. The paper-scale profile names
+``ViT-L-14`` with ``pretrained: openai`` (an open_clip tag, fetched into the hub cache) or a local
+checkpoint file. Both go through :func:`create_backbone`, so the method code never branches on size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+_registered = False
+log = logging.getLogger(__name__)
+
+
+def _register_project_configs() -> None:
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    for config in sorted(_CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(config)
+    _registered = True
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a CLIP backbone. ``pretrained`` is None (random init), an open_clip tag or a path."""
+
+    name: str = "genguard-tiny-vit"
+    pretrained: str | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, cfg: dict | None) -> BackboneSpec:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {"name", "pretrained", "seed", "extra"}
+        if unknown:
+            raise ValueError(f"unknown backbone keys {sorted(unknown)}; allowed: name, pretrained, seed, extra")
+        return cls(**cfg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CLIPBackbone(nn.Module):
+    """An open_clip CLIP model with the few entry points the detectors use."""
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        super().__init__()
+        import open_clip
+
+        _register_project_configs()
+        self.spec = spec
+        pretrained = spec.pretrained
+        if pretrained and Path(pretrained).expanduser().exists():
+            pretrained = str(Path(pretrained).expanduser())
+        # Random init must not depend on whatever consumed the global RNG before us.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            self.clip = open_clip.create_model(spec.name, pretrained=pretrained, **spec.extra)
+        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        self._scalars_to_buffers()
+        visual = self.clip.visual
+        size = visual.image_size
+        self.image_size: int = int(size[0] if isinstance(size, tuple | list) else size)
+        self.image_mean: tuple[float, ...] = tuple(float(v) for v in visual.image_mean)
+        self.image_std: tuple[float, ...] = tuple(float(v) for v in visual.image_std)
+        self.embed_dim: int = int(self.clip.text_projection.shape[1]
+                                  if self.clip.text_projection is not None else visual.output_dim)
+
+    def _scalars_to_buffers(self) -> None:
+        """CLIP's contrastive temperature (and SigLIP's bias) are 0-dim parameters that detectors
+        never train; as buffers they keep their state-dict names (checkpoints still load) but leave
+        the parameter list, whose 0-dim entries DeepSpeed's initial broadcast cannot handle."""
+        for name in ("logit_scale", "logit_bias"):
+            value = getattr(self.clip, name, None)
+            if isinstance(value, nn.Parameter):
+                delattr(self.clip, name)
+                self.clip.register_buffer(name, value.detach().clone())
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts)
+        return self.clip.encode_text(tokens)
+
+    def freeze(self) -> CLIPBackbone:
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+
+def create_backbone(spec: BackboneSpec | dict | None = None) -> CLIPBackbone:
+    if not isinstance(spec, BackboneSpec):
+        spec = BackboneSpec.from_dict(spec)
+    return CLIPBackbone(spec)

@@ -1,0 +1,29 @@
+"""Training-engine callbacks that report to MLflow (the engine itself never imports mlflow)."""
+
+from __future__ import annotations
+
+import re
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+class MlflowEpochLogger:
+    """Logs each epoch's metrics to the active MLflow run, step = epoch."""
+
+    def __init__(self) -> None:
+        self.logged_epochs: set[int] = set()
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        clean = {_UNSAFE.sub("_", k): float(v) for k, v in metrics.items() if v == v}  # drop NaN
+        mlflow.log_metrics(clean, step=epoch)
+        self.logged_epochs.add(epoch)
+
+    def backfill(self, history: list[dict]) -> None:
+        """Epochs trained before a resume were logged by the killed run; log them to this one too."""
+        for record in history:
+            if record["epoch"] not in self.logged_epochs:
+                self.on_epoch_end(record["epoch"], {k: v for k, v in record.items() if k != "epoch"})
