@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from genguard.pipelines import detector
+from genguard.pipelines import aigi_data, detector
 
 DETECTOR_PIPELINES: tuple[str, ...] = (
     "pin_clip",
@@ -14,5 +14,6 @@ DETECTOR_PIPELINES: tuple[str, ...] = (
 
 def register_pipelines() -> dict[str, Pipeline]:
     pipelines: dict[str, Pipeline] = {name: detector.create_pipeline(name) for name in DETECTOR_PIPELINES}
+    pipelines["aigi_data"] = aigi_data.create_pipeline()
     pipelines["__default__"] = pipelines["pin_clip"]
     return pipelines

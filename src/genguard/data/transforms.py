@@ -83,7 +83,7 @@ class ManifestImages(Dataset):
     def __init__(self, frame: pd.DataFrame, preprocess: Preprocess, *,
                  perturbation: Callable[[Image.Image], Image.Image] | None = None, hflip: bool = False) -> None:
         self.paths = frame["path"].tolist()
-        self.labels = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.long)
+        self.labels = torch.as_tensor(frame["label"].to_numpy().copy(), dtype=torch.long)
         self.preprocess, self.perturbation, self.hflip = preprocess, perturbation, hflip
 
     def __len__(self) -> int:

@@ -112,7 +112,7 @@ def _feature_rows(cache: dict[str, torch.Tensor], frame: pd.DataFrame) -> Featur
     except KeyError as missing:
         raise DataValidationError(f"feature cache lacks the image with sha256 {missing}; "
                                   "rerun the cache_features node (the manifest changed)") from None
-    return FeatureRows(cache["features"][positions], torch.as_tensor(frame["label"].to_numpy()))
+    return FeatureRows(cache["features"][positions], torch.as_tensor(frame["label"].to_numpy().copy()))
 
 
 def _has_features(cache: dict[str, torch.Tensor]) -> bool:

@@ -1,0 +1,153 @@
+"""Both detector pipelines end to end through real Kedro sessions, on the tiny embedded dataset."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from genguard.data.manifest import DataValidationError
+
+from .conftest import ROOT, make_project, run_session
+
+pytestmark = pytest.mark.slow
+GENERATORS = {"vae_recon", "gan_upsampler", "diffusion_sdedit", "diffusion_sample"}
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    run_session(project, "univfd")
+    run_session(project, "pin_clip")
+    return project
+
+
+def _client(project: Path) -> MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    return MlflowClient()
+
+
+@pytest.mark.parametrize("method", ["univfd", "pin_clip"])
+def test_pipeline_writes_model_metrics_and_plots(trained, method):
+    report = trained / "data" / "08_reporting" / method
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert {row["generator"] for row in metrics["per_generator"]} >= GENERATORS  # + the "mean" row
+    assert 0.0 <= metrics["mean_acc"] <= 1.0 and "jpeg_75" in metrics["perturbations"]
+    assert {p.name for p in (report / "plots").glob("*.png")} >= {"roc_curve.png", "score_histogram.png",
+                                                                   "confusion_matrix.png"}
+    assert json.loads((report / "roc.json").read_text())["roc"][0] == {"fpr": 0.0, "tpr": 0.0}
+    model_dir = trained / "data" / "06_models" / method
+    assert (model_dir / "weights.safetensors").is_file() and (model_dir / "config.json").is_file()
+    validation = json.loads((report / "data_validation.json").read_text())
+    assert validation["success"] is True
+
+
+def test_frozen_backbone_features_are_cached_once(trained):
+    from safetensors.torch import load_file
+
+    cache = load_file(str(trained / "data" / "04_feature" / "univfd" / "features.safetensors"))
+    manifest = pd.read_parquet(trained / "data" / "03_primary" / "univfd" / "manifest.parquet")
+    from genguard.data.splits import protocol_splits
+
+    used = pd.concat(protocol_splits(manifest, ["gan_upsampler"]).values())
+    assert cache["features"].shape[0] == len(used) < len(manifest)  # each used image encoded once
+    assert load_file(str(trained / "data" / "04_feature" / "pin_clip" / "features.safetensors"))[
+        "features"].numel() == 0  # fine-tuned backbone: nothing to cache
+
+
+def test_mlflow_runs_have_params_metrics_artifacts_and_registered_models(trained):
+    client = _client(trained)
+    experiment = client.get_experiment_by_name("genguard")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"univfd", "pin_clip"} <= set(runs)
+    pin = runs["pin_clip"]
+    assert pin.data.params["pin_clip.train.lr"] and pin.data.params["data.source"] == "embedded"
+    for generator in GENERATORS:
+        assert f"test/{generator}/acc" in pin.data.metrics and f"test/{generator}/ap" in pin.data.metrics
+    history = client.get_metric_history(pin.info.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(pin.info.run_id, "plots")}
+    assert "plots/roc_curve.png" in artifacts
+    for method in ("univfd", "pin_clip"):
+        version = client.get_model_version_by_alias(f"genguard-{method}", "candidate")
+        assert client.get_model_version_by_alias(f"genguard-{method}", "champion").version == version.version
+
+
+def test_registered_champion_loads_back_and_reproduces_pipeline_scores(trained):
+    _client(trained)
+    scores = pd.read_parquet(trained / "data" / "07_model_output" / "pin_clip" / "scores.parquet")
+    clean = scores[scores["perturbation"] == "clean"].head(8)
+    os.chdir(trained)  # manifest paths are relative to the project
+    try:
+        model = mlflow.pyfunc.load_model("models:/genguard-pin_clip@champion")
+        images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in clean["path"]])
+        predicted = model.predict(images)
+    finally:
+        os.chdir(ROOT)
+    np.testing.assert_allclose(predicted, clean["score"].to_numpy(), atol=1e-5)
+
+
+def test_a_second_version_becomes_candidate_and_champion_follows_the_validation_metric(trained):
+    run_session(trained, "univfd", runtime_params={"univfd.train.epochs": 1})
+    client = _client(trained)
+    versions = {int(v.version): v for v in client.search_model_versions("name='genguard-univfd'")}
+    assert max(versions) >= 2
+    assert int(client.get_model_version_by_alias("genguard-univfd", "candidate").version) == max(versions)
+    champion = client.get_model_version_by_alias("genguard-univfd", "champion")
+    values = {n: float(v.tags["validation_value"]) for n, v in versions.items()}
+    assert values[int(champion.version)] == max(values.values())
+
+
+def test_notebook_compares_the_detectors(trained):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / "compare_detectors.ipynb", as_version=4)
+    os.environ["GENGUARD_PROJECT_ROOT"] = str(trained)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{trained / 'mlruns' / 'mlflow.db'}"
+    NotebookClient(notebook, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "saved" in outputs and (trained / "data" / "08_reporting" / "detector_comparison.png").is_file()
+
+
+def test_corrupt_user_image_stops_the_run_before_training_and_keeps_earlier_outputs(trained, tmp_path):
+    folder = tmp_path / "mine"
+    for cls, shade in (("real", 60), ("fake", 200)):
+        (folder / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (48, 48), (shade, i * 10, 90)).save(folder / cls / f"{i}.png")
+    good = (folder / "fake" / "3.png").read_bytes()
+    (folder / "fake" / "3.png").write_bytes(good[: len(good) // 2])  # truncated download
+    (folder / "real" / "empty.png").write_bytes(b"")
+    model_dir = trained / "data" / "06_models" / "pin_clip"
+    before = (model_dir / "weights.safetensors").read_bytes()
+    with pytest.raises(DataValidationError) as failure:
+        run_session(trained, "pin_clip", runtime_params={"data.source": str(folder)})
+    message = str(failure.value)
+    assert "3.png" in message and "truncated" in message and "empty.png" in message
+    assert (model_dir / "weights.safetensors").read_bytes() == before  # earlier model untouched
+    report = json.loads((trained / "data" / "08_reporting" / "pin_clip" / "data_validation.json").read_text())
+    assert report["success"] is False
+
+
+def test_excluded_bad_files_are_listed_and_the_run_goes_on(trained, tmp_path):
+    folder = tmp_path / "mine"
+    for cls, shade in (("real", 60), ("fake", 200)):
+        (folder / cls).mkdir(parents=True)
+        for i in range(14):
+            Image.new("RGB", (48, 48), (shade, i * 10, 90)).save(folder / cls / f"{i}.png")
+    (folder / "fake" / "notes.png").write_text("not really a picture")
+    run_session(trained, "univfd", runtime_params={"data.source": str(folder), "data.on_bad_file": "exclude",
+                                                   "univfd.train.epochs": 1})
+    report = json.loads((trained / "data" / "08_reporting" / "univfd" / "data_validation.json").read_text())
+    assert [Path(bad["path"]).name for bad in report["bad_files"]["files"]] == ["notes.png"]
+    assert "not an image" in report["bad_files"]["files"][0]["reason"]
+    manifest = pd.read_parquet(trained / "data" / "03_primary" / "univfd" / "manifest.parquet")
+    assert not manifest["path"].str.endswith("notes.png").any() and len(manifest) == 28
