@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install run test ui bench data clean-outputs
 
-install: $(STAMP) $(PHOTOS)/.complete
+install: $(STAMP) $(PHOTOS)/.genguard_debian_photos.json
 
 # torch + torchvision go in first, pinned: otherwise deepspeed/open_clip/diffusers may pull a
 # different multi-GB torch build. deepspeed ships as an sdist: DS_BUILD_OPS=0 builds no kernels
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 
 # Real photographs for the embedded default dataset (Debian wallpaper packages, unpacked locally;
 # licences recorded in the manifest). Without apt the build falls back to the photos in wheels.
-$(PHOTOS)/.complete: | $(STAMP)
+$(PHOTOS)/.genguard_debian_photos.json: | $(STAMP)
 	$(PY) -m genguard.data.photos --dest $(PHOTOS)
 
 data: install

@@ -151,3 +151,29 @@ def test_excluded_bad_files_are_listed_and_the_run_goes_on(trained, tmp_path):
     assert "not an image" in report["bad_files"]["files"][0]["reason"]
     manifest = pd.read_parquet(trained / "data" / "03_primary" / "univfd" / "manifest.parquet")
     assert not manifest["path"].str.endswith("notes.png").any() and len(manifest) == 28
+
+
+def test_same_seed_same_data_gives_identical_metrics(trained, tmp_path):
+    """Train + evaluate PiN-CLIP twice from scratch (fresh checkpoint folders): identical metrics."""
+    import yaml
+
+    from genguard.pipelines.detector import nodes
+
+    conf = trained / "conf"
+    params = yaml.safe_load((conf / "base" / "parameters_pin_clip.yml").read_text())["pin_clip"]
+    data = yaml.safe_load((conf / "base" / "parameters.yml").read_text())["data"]
+    params["train"].update(epochs=2, batch_size=16)
+    manifest = pd.read_parquet(trained / "data" / "03_primary" / "pin_clip" / "manifest.parquet")
+    os.chdir(trained)
+    try:
+        runs = []
+        for attempt in range(2):
+            features = nodes.cache_features(manifest, params["model"], data)
+            detector, _ = nodes.train_detector(manifest, features, params["model"], params["train"], data,
+                                               str(tmp_path / f"ckpt{attempt}"))
+            _, summary, _, _, _ = nodes.evaluate_detector(detector, manifest, features, {"perturbations": []}, data)
+            runs.append(summary)
+    finally:
+        os.chdir(ROOT)
+    assert runs[0] == runs[1]
+    assert runs[0]["n"] > 0

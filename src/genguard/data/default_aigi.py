@@ -119,6 +119,7 @@ class DefaultAigiConfig:
         self.vae_channels = tuple(int(c) for c in self.vae_channels)
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
         self.split_fractions = {str(k): float(v) for k, v in dict(self.split_fractions).items()}
+        self.train_patch_size = min(self.train_patch_size, self.image_size)
         self.validate()
 
     def validate(self) -> None:
@@ -140,7 +141,6 @@ class DefaultAigiConfig:
         factor = self.upsampler_factor
         if factor < 2 or factor & (factor - 1):
             raise ValueError("upsampler_factor must be a power of two >= 2 (one Upsample2D per ×2)")
-        self.train_patch_size = min(self.train_patch_size, self.image_size)
         for name, multiple in (("vae_channels", 2 ** (len(self.vae_channels) - 1)),
                                ("unet_channels", 2 ** (len(self.unet_channels) - 1)),
                                ("upsampler_factor", factor)):
@@ -218,11 +218,14 @@ def build_default_aigi_dataset(out_dir: str | Path, config: DefaultAigiConfig | 
     timings: dict[str, float] = {}
     logger.info("building the default AIGI dataset from %d photos into %s", len(photos), out_dir)
 
-    # Everything random below draws from seeds derived from config.seed; the caller's global torch
-    # RNG state is restored afterwards (fork_rng), so building the dataset does not perturb it.
-    with torch.random.fork_rng(devices=[]), atomic_dir(out_dir) as staging:
+    # Everything random below draws from seeds derived from config.seed (explicit generators, and
+    # seeded model initialisation that restores the global RNG), so the build neither depends on nor
+    # perturbs the caller's RNG state.
+    with atomic_dir(out_dir) as staging:
         tick = time.perf_counter()
         crops = _crop_photos(photos, config, progress)
+        if len({crop.file_name for crop in crops}) != len(crops):
+            raise ValueError("two photo sources map to the same file name; rename one of them")
         _assign_splits_and_families(crops, photos, config)
         timings["crop_photos_s"] = time.perf_counter() - tick
 
@@ -427,6 +430,14 @@ def _noise_schedulers(config: DefaultAigiConfig):
             DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing"))
 
 
+def _seeded(factory, config: DefaultAigiConfig, name: str):
+    """Build a model with weights initialised from a seed derived from the config (the global RNG is
+    left as it was: module initialisers draw from it, and callers should not see it move)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_derived_seed(config.seed, "init", name))
+        return factory(config)
+
+
 def _patch_batches(images: torch.Tensor, config: DefaultAigiConfig, generator: torch.Generator, steps: int):
     """Yield ``steps`` batches of random patches with random horizontal flips."""
     count, _, size, _ = images.shape
@@ -468,8 +479,7 @@ def _fit(name: str, model: torch.nn.Module, loss_fn, images: torch.Tensor, confi
 
 def train_vae(images: torch.Tensor, config: DefaultAigiConfig, progress: bool = False):
     """AutoencoderKL trained with L1 reconstruction + a small KL term; returns (model, per-step losses)."""
-    torch.manual_seed(_derived_seed(config.seed, "init", "vae_recon"))
-    vae = make_vae(config)
+    vae = _seeded(make_vae, config, "vae_recon")
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         posterior = vae.encode(batch).latent_dist
@@ -488,8 +498,8 @@ def _downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
 
 def train_upsampler(images: torch.Tensor, config: DefaultAigiConfig, progress: bool = False):
     """The transposed-conv decoder trained as a ×factor super-resolver (L1); returns (model, losses)."""
-    torch.manual_seed(_derived_seed(config.seed, "init", "gan_upsampler"))
-    model = TransposedConvUpsampler(config.upsampler_factor, config.upsampler_channels)
+    model = _seeded(lambda c: TransposedConvUpsampler(c.upsampler_factor, c.upsampler_channels),
+                    config, "gan_upsampler")
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return F.l1_loss(model(_downsample(batch, config.upsampler_factor)), batch)
@@ -500,8 +510,7 @@ def train_upsampler(images: torch.Tensor, config: DefaultAigiConfig, progress: b
 
 def train_diffusion_unet(images: torch.Tensor, config: DefaultAigiConfig, progress: bool = False):
     """UNet2DModel trained with the DDPM loss (ε-prediction by default); returns (model, losses)."""
-    torch.manual_seed(_derived_seed(config.seed, "init", "diffusion_unet"))
-    unet = make_unet(config)
+    unet = _seeded(make_unet, config, "diffusion_unet")
     ddpm, _ = _noise_schedulers(config)
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

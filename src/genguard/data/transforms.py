@@ -54,7 +54,7 @@ class Preprocess:
             canvas.paste(image, ((canvas.width - image.width) // 2, (canvas.height - image.height) // 2))
             image = canvas
         left, top = (image.width - size) // 2, (image.height - size) // 2
-        return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """Nx3xHxW uint8 -> normalised float tensor."""

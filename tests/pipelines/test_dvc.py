@@ -1,0 +1,66 @@
+"""`dvc repro` on a fresh clone: runs every stage, then is up to date, then reruns only what a change touches."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(args, cwd, env):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone of the working tree (tracked + untracked, not ignored), tiny params via conf/local."""
+    path = tmp_path_factory.mktemp("clone")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
+    for override in (ROOT / "conf" / "test").glob("*.yml"):  # `local` is the default run env
+        shutil.copy(override, path / "conf" / "local" / override.name)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_ARTIFACT_ROOT", None)
+    _sh(["git", "init", "-q"], path, env)
+    _sh(["git", "add", "-A"], path, env)
+    _sh(["git", "commit", "-qm", "clone"], path, env)
+    return path, env
+
+
+def test_repro_runs_all_then_is_up_to_date_then_reruns_only_the_changed_stage(clone):
+    path, env = clone
+    first = _sh(["dvc", "repro"], path, env)
+    for stage in ("aigi_data", "pin_clip", "univfd"):
+        assert f"Running stage '{stage}'" in first
+    assert (path / "data" / "08_reporting" / "pin_clip" / "metrics.json").is_file()
+    assert (path / "dvc.lock").is_file()
+    assert "up to date" in _sh(["dvc", "status"], path, env).lower()
+    second = _sh(["dvc", "repro"], path, env)
+    assert "Running stage" not in second
+
+    params_file = path / "conf" / "base" / "parameters_pin_clip.yml"
+    params = yaml.safe_load(params_file.read_text())
+    params["pin_clip"]["train"]["lr"] = params["pin_clip"]["train"]["lr"] * 2
+    params_file.write_text(yaml.safe_dump(params))
+    status = _sh(["dvc", "status"], path, env)
+    assert "pin_clip" in status and "univfd" not in status and "aigi_data" not in status
+    third = _sh(["dvc", "repro"], path, env)
+    assert "Running stage 'pin_clip'" in third
+    assert "Running stage 'univfd'" not in third and "Running stage 'aigi_data'" not in third
+    metrics = _sh(["dvc", "metrics", "show"], path, env)
+    assert "mean_acc" in metrics
