@@ -12,6 +12,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := False
 export PYTHONUNBUFFERED := 1
+# OpenMP threads that spin while waiting stall torch badly when the 2 cores are shared.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test ui bench data clean-outputs
 

@@ -5,6 +5,7 @@ for key, value in {
     "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "TQDM_DISABLE": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads stall torch on 2 shared cores
 }.items():
     os.environ.setdefault(key, value)
 
