@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +13,7 @@ from PIL import Image
 
 from genguard.data.manifest import DataValidationError
 
-from .conftest import ROOT, make_project, run_session
+from .conftest import ROOT, run_session
 
 pytestmark = pytest.mark.slow
 GENERATORS = {"vae_recon", "gan_upsampler", "diffusion_sdedit", "diffusion_sample"}
@@ -117,12 +115,17 @@ def test_notebook_compares_the_detectors(trained):
     assert "saved" in outputs and (trained / "data" / "08_reporting" / "detector_comparison.png").is_file()
 
 
-def test_corrupt_user_image_stops_the_run_before_training_and_keeps_earlier_outputs(trained, tmp_path):
-    folder = tmp_path / "mine"
+def _real_fake_folder(folder: Path, per_class: int) -> Path:
+    """A user folder in the plain real/ fake/ layout."""
     for cls, shade in (("real", 60), ("fake", 200)):
         (folder / cls).mkdir(parents=True)
-        for i in range(12):
+        for i in range(per_class):
             Image.new("RGB", (48, 48), (shade, i * 10, 90)).save(folder / cls / f"{i}.png")
+    return folder
+
+
+def test_corrupt_user_image_stops_the_run_before_training_and_keeps_earlier_outputs(trained, tmp_path):
+    folder = _real_fake_folder(tmp_path / "mine", per_class=12)
     good = (folder / "fake" / "3.png").read_bytes()
     (folder / "fake" / "3.png").write_bytes(good[: len(good) // 2])  # truncated download
     (folder / "real" / "empty.png").write_bytes(b"")
@@ -138,11 +141,7 @@ def test_corrupt_user_image_stops_the_run_before_training_and_keeps_earlier_outp
 
 
 def test_excluded_bad_files_are_listed_and_the_run_goes_on(trained, tmp_path):
-    folder = tmp_path / "mine"
-    for cls, shade in (("real", 60), ("fake", 200)):
-        (folder / cls).mkdir(parents=True)
-        for i in range(14):
-            Image.new("RGB", (48, 48), (shade, i * 10, 90)).save(folder / cls / f"{i}.png")
+    folder = _real_fake_folder(tmp_path / "mine", per_class=14)
     (folder / "fake" / "notes.png").write_text("not really a picture")
     run_session(trained, "univfd", runtime_params={"data.source": str(folder), "data.on_bad_file": "exclude",
                                                    "univfd.train.epochs": 1})

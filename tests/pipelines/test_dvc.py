@@ -32,6 +32,10 @@ def clone(tmp_path_factory):
             shutil.copy2(ROOT / name, path / name)
     for override in (ROOT / "conf" / "test").glob("*.yml"):  # `local` is the default run env
         shutil.copy(override, path / "conf" / "local" / override.name)
+    local = path / "conf" / "local" / "parameters.yml"
+    tiny = yaml.safe_load(local.read_text())
+    tiny["data"]["embedded"].pop("out_dir")  # keep the folder dvc.yaml names as the stage's out
+    local.write_text(yaml.safe_dump(tiny))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     env.pop("MLFLOW_TRACKING_URI", None)

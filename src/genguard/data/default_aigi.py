@@ -43,7 +43,7 @@ import platform
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +152,9 @@ class DefaultAigiConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> DefaultAigiConfig:
         """Build from a (Kedro parameters) mapping; unknown keys are an error, not silently ignored."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DefaultAigiConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        from genguard.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, values, "data.embedded.config")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

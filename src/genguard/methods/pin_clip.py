@@ -17,12 +17,13 @@ KL(N(mu, sigma^2) || N(0, 0.1^2)) per dimension; one noise sample per step.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genguard.config import dataclass_from_dict
 from genguard.methods.base import Detector
 from genguard.models.backbones import CLIPBackbone, create_backbone
 from genguard.models.lora import add_lora, merge_lora
@@ -47,13 +48,9 @@ class PiNCLIPConfig:
     @classmethod
     def from_dict(cls, cfg: dict | None) -> PiNCLIPConfig:
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown pin_clip options {sorted(unknown)}; allowed: {sorted(known)}")
         if "prompts" in cfg:
             cfg["prompts"] = tuple(cfg["prompts"])
-        config = cls(**cfg)
+        config = dataclass_from_dict(cls, cfg, "pin_clip")
         if config.test_noise not in ("off", "mean"):
             raise ValueError(f"pin_clip.test_noise must be 'off' or 'mean', got {config.test_noise!r}")
         if len(config.prompts) < 2:

@@ -42,11 +42,9 @@ class BackboneSpec:
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> BackboneSpec:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - {"name", "pretrained", "seed", "extra"}
-        if unknown:
-            raise ValueError(f"unknown backbone keys {sorted(unknown)}; allowed: name, pretrained, seed, extra")
-        return cls(**cfg)
+        from genguard.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, cfg, "backbone")
 
     def to_dict(self) -> dict:
         return asdict(self)

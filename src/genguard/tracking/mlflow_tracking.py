@@ -185,6 +185,12 @@ def evaluation_metrics(summary: Mapping[str, Any], table: pd.DataFrame, base: st
         number = _as_number(value)
         if number is not None:
             metrics[safe_metric_name(_join(base, key))] = number
+    # Robustness: {"perturbations": {"jpeg_75": {"acc": ..}}} -> "<base>_jpeg_75/acc".
+    for perturbation, values in (summary.get("perturbations") or {}).items():
+        for key, value in values.items():
+            number = _as_number(value)
+            if number is not None:
+                metrics[safe_metric_name(_join(f"{base}_{perturbation}", key))] = number
     numeric_columns = [
         column for column in table.columns
         if column != "generator" and pd.api.types.is_numeric_dtype(table[column])

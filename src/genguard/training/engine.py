@@ -17,7 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from genguard.config import dataclass_from_dict
 from genguard.methods.base import Detector
 from genguard.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
@@ -51,12 +52,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> TrainConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown train options {sorted(unknown)}; allowed: {sorted(known)}")
-        config = cls(**cfg)
+        config = dataclass_from_dict(cls, cfg, "train")
         if config.backend not in BACKENDS:
             raise ValueError(f"train.backend must be one of {BACKENDS}, got {config.backend!r}")
         if config.epochs < 1 or config.batch_size < 1:

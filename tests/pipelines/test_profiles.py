@@ -1,0 +1,39 @@
+"""The profiles differ by configuration only: conf/gpu merges key by key over conf/base."""
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from genguard import settings
+from genguard.methods.pin_clip import PiNCLIPConfig
+from genguard.training.engine import TrainConfig
+
+from .conftest import ROOT
+
+
+def _params(env: str) -> dict:
+    loader = OmegaConfigLoader(str(ROOT / "conf"), env=env, **{k: v for k, v in settings.CONFIG_LOADER_ARGS.items()
+                                                               if k != "default_run_env"})
+    return loader["parameters"]
+
+
+def test_gpu_profile_is_paper_scale_and_keeps_base_keys():
+    base, gpu = _params("base"), _params("gpu")
+    pin = gpu["pin_clip"]
+    assert pin["model"]["backbone"] == {"name": "ViT-L-14", "pretrained": "openai"}
+    assert pin["model"]["options"]["noise_heads"] == 8
+    # soft merge: keys the gpu file does not name still come from base
+    assert pin["model"]["options"]["lambda_vpn"] == base["pin_clip"]["model"]["options"]["lambda_vpn"]
+    assert pin["reports_dir"] == base["pin_clip"]["reports_dir"]
+    train = TrainConfig.from_dict(pin["train"])
+    assert train.backend == "deepspeed" and train.lr == pytest.approx(1e-4)
+    PiNCLIPConfig.from_dict(pin["model"]["options"])  # every option is a known one
+    assert gpu["data"]["source"].startswith("data/01_raw/") and gpu["data"]["resize_mode"] == "center_crop"
+    assert gpu["univfd"]["model"]["backbone"]["name"] == "ViT-L-14"
+
+
+@pytest.mark.parametrize("env", ["base", "test"])
+def test_embedded_profiles_train_in_process(env):
+    params = _params(env)
+    for method in ("pin_clip", "univfd"):
+        assert TrainConfig.from_dict(params[method]["train"]).backend == "torch"
+        assert params[method]["model"]["backbone"]["name"] == "genguard-tiny-vit"
