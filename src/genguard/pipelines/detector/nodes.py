@@ -40,7 +40,8 @@ def ingest_images(data: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, st
     from genguard.data.layouts import ingest
 
     manifest, bad_files = ingest(data["source"], data.get("layout", "auto"),
-                                 split_fractions=data.get("split_fractions"), seed=data.get("seed", 0))
+                                 split_fractions=data.get("split_fractions"), seed=data.get("seed", 0),
+                                 min_side=data.get("min_side", 32))
     return manifest, [asdict(bad) for bad in bad_files]
 
 
