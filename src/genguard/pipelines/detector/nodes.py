@@ -125,7 +125,11 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
                    train: dict[str, Any], data: dict[str, Any],
                    checkpoint_dir: str) -> tuple[LoadedDetector, dict[str, Any]]:
     config = TrainConfig.from_dict(train)
-    detector = _build(model)
+    # Heads, adapters and noise generators are initialised from the global RNG: seed it here, or
+    # two runs of the same config start from different weights (torch seeds each process randomly).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        detector = _build(model)
     preprocess = _preprocess(detector, data)
     frames = _splits(manifest, data)
     if _has_features(features):
