@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from genguard.data.transforms import FeatureRows, ManifestImages, Preprocess
 from genguard.io.atomic import write_json_atomic
 from genguard.methods import build_from_spec
-from genguard.training.engine import TrainConfig, _collate, validation_metrics
+from genguard.training.engine import TrainConfig, _collate, train_epoch, validation_metrics
 
 
 def _dataset(spec: dict):
@@ -33,6 +33,11 @@ def _dataset(spec: dict):
 
     frame = pd.DataFrame({"path": spec["paths"], "label": spec["labels"]})
     return ManifestImages(frame, Preprocess.from_dict(spec["preprocess"]), hflip=spec["hflip"])
+
+
+def _to_device(value: torch.Tensor, device, dtype: torch.dtype | None) -> torch.Tensor:
+    """Float inputs follow the engine's precision (bf16/fp16); labels and indices keep theirs."""
+    return value.to(device, dtype) if (dtype is not None and value.is_floating_point()) else value.to(device)
 
 
 def _on_cpu() -> bool:
@@ -95,22 +100,12 @@ def main() -> None:
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         engine.train()
-        sums, steps = {}, 0
-        for batch in loader:
-            batch = {k: (v.to(engine.device, dtype) if v.is_floating_point() and dtype else v.to(engine.device))
-                     for k, v in batch.items()}
-            loss, logs = engine.module.training_loss(batch)
-            engine.backward(loss)
-            if hook is not None:
-                hook()
-            engine.step()
-            steps += 1
-            for key, value in {"loss": float(loss.detach()), **logs}.items():
-                sums[key] = sums.get(key, 0.0) + value
-        totals = torch.tensor([sums.get("loss", 0.0), float(steps)])
+        means = train_epoch(engine.module, loader, backward=engine.backward, step=engine.step, hook=hook,
+                            prepare=lambda batch: {k: _to_device(v, engine.device, dtype) for k, v in batch.items()})
+        totals = torch.tensor([means.get("loss", 0.0) * means["steps"], means["steps"]])
         dist.all_reduce(totals)  # mean train loss over every rank's batches
-        record = {"epoch": epoch + 1, "train/loss": float(totals[0] / max(totals[1], 1))}
-        record.update({f"train/{k}": v / max(steps, 1) for k, v in sums.items() if k != "loss"})
+        record = {"epoch": epoch + 1, "train/loss": float(totals[0] / max(float(totals[1]), 1.0))}
+        record.update({f"train/{k}": v for k, v in means.items() if k not in ("loss", "steps")})
         if rank == 0 and val_set is not None:
             metrics = validation_metrics(engine.module, val_set, cfg.eval_batch_size, engine.device, dtype)
             record.update({f"val/{k}": v for k, v in metrics.items()})

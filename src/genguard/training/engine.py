@@ -16,7 +16,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +120,32 @@ def validation_metrics(model: Detector, dataset: Dataset, batch_size: int, devic
     return {"loss": bce, **metrics}
 
 
+def train_epoch(model: Detector, loader, *, backward: Callable[[torch.Tensor], None], step: Callable[[], None],
+                zero_grad: Callable[[], None] = lambda: None, hook: Callable[[], None] | None = None,
+                prepare: Callable[[dict], dict] = lambda batch: batch, desc: str | None = None) -> dict[str, float]:
+    """One pass over ``loader``: loss -> backward -> gradient hook -> step; returns mean logs.
+
+    Shared by the in-process loop and every DeepSpeed rank, which differ only in how they
+    back-propagate and step (``loss.backward``/``optimizer.step`` vs ``engine.backward``/``engine.step``)
+    and in how batches reach the device (``prepare``).
+    """
+    sums: dict[str, float] = {}
+    steps = 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    for batch in bar:
+        loss, logs = model.training_loss(prepare(batch))
+        zero_grad()
+        backward(loss)
+        if hook is not None:
+            hook()  # after gradients exist, before the optimizer uses them (e.g. gradient surgery)
+        step()
+        steps += 1
+        for key, value in {"loss": float(loss.detach()), **logs}.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+    return {key: value / max(steps, 1) for key, value in sums.items()} | {"steps": float(steps)}
+
+
 def fit(model: Detector, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig, *,
         checkpoint_dir: Path | None = None, callbacks: Sequence[Callback] = (),
         data_fingerprint: str = "") -> TrainResult:
@@ -155,23 +181,16 @@ def fit(model: Detector, train_set: Dataset, val_set: Dataset | None, cfg: Train
         model.train()
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                              num_workers=cfg.num_workers)
-        sums: dict[str, float] = {}
-        steps = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-        for batch in bar:
-            loss, logs = model.training_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if hook is not None:
-                hook()
+        def step() -> None:
             if cfg.grad_clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
             optimizer.step()
-            steps += 1
-            for key, value in {"loss": float(loss.detach()), **logs}.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
-        record: dict[str, Any] = {"epoch": epoch + 1, **{f"train/{k}": v / max(steps, 1) for k, v in sums.items()}}
+
+        means = train_epoch(model, loader, backward=lambda loss: loss.backward(), step=step,
+                            zero_grad=lambda: optimizer.zero_grad(set_to_none=True), hook=hook,
+                            desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        record: dict[str, Any] = {"epoch": epoch + 1,
+                                  **{f"train/{k}": v for k, v in means.items() if k != "steps"}}
         if val_set is not None and len(val_set):
             record.update({f"val/{k}": v for k, v in validation_metrics(model, val_set, cfg.eval_batch_size).items()})
         history.append(record)
