@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from genguard.config import dataclass_from_dict
 from genguard.methods.base import Detector
-from genguard.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from genguard.training.checkpoint import (Checkpoint, load_checkpoint, load_weights_file, save_checkpoint,
+                                         save_weights)
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "deepspeed")
@@ -111,8 +112,7 @@ def validation_metrics(model: Detector, dataset: Dataset, batch_size: int, devic
     from genguard.evaluation.metrics import binary_metrics
 
     logits = predict_logits(model, dataset, batch_size, device=device, dtype=dtype)
-    labels = np.asarray([int(dataset[i]["label"]) for i in range(len(dataset))]) if not hasattr(
-        dataset, "labels") else dataset.labels.numpy()
+    labels = dataset.labels.numpy()  # both dataset types carry labels: never decode images for them
     probs = 1.0 / (1.0 + np.exp(-logits))
     eps = 1e-7
     bce = float(-np.mean(labels * np.log(probs + eps) + (1 - labels) * np.log(1 - probs + eps)))
@@ -169,7 +169,6 @@ def fit(model: Detector, train_set: Dataset, val_set: Dataset | None, cfg: Train
             torch.set_rng_state(ckpt.rng_state)
             history, best, start_epoch, resumed = ckpt.history, ckpt.best, ckpt.epoch + 1, ckpt.epoch
             if best_dir is not None and (best_dir / "model.safetensors").is_file():
-                from genguard.training.checkpoint import load_weights_file
                 best_state = load_weights_file(best_dir)
             log.info("resuming training from the checkpoint of epoch %d in %s", ckpt.epoch + 1, last_dir)
         elif ckpt is not None:
@@ -199,7 +198,6 @@ def fit(model: Detector, train_set: Dataset, val_set: Dataset | None, cfg: Train
             best = {"epoch": epoch + 1, "value": float(value), "metric": f"val/{cfg.monitor}"}
             best_state = copy.deepcopy(model.state_dict())
             if best_dir is not None:
-                from genguard.training.checkpoint import save_weights
                 save_weights(best_dir, best_state)
         log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
