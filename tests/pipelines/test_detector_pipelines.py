@@ -1,4 +1,4 @@
-"""Both detector pipelines end to end through real Kedro sessions, on the tiny embedded dataset."""
+"""Every detector pipeline end to end through real Kedro sessions, on the tiny embedded dataset."""
 
 import json
 import os
@@ -17,12 +17,13 @@ from .conftest import ROOT, run_session
 
 pytestmark = pytest.mark.slow
 GENERATORS = {"vae_recon", "gan_upsampler", "diffusion_sdedit", "diffusion_sample"}
+METHODS = ("univfd", "pin_clip", "ns_net", "dgs_net")
 
 
 @pytest.fixture(scope="module")
 def trained(project):
-    run_session(project, "univfd")
-    run_session(project, "pin_clip")
+    for method in METHODS:
+        run_session(project, method)
     return project
 
 
@@ -31,7 +32,7 @@ def _client(project: Path) -> MlflowClient:
     return MlflowClient()
 
 
-@pytest.mark.parametrize("method", ["univfd", "pin_clip"])
+@pytest.mark.parametrize("method", METHODS)
 def test_pipeline_writes_model_metrics_and_plots(trained, method):
     report = trained / "data" / "08_reporting" / method
     metrics = json.loads((report / "metrics.json").read_text())
@@ -77,13 +78,15 @@ def test_mlflow_runs_have_params_metrics_artifacts_and_registered_models(trained
         assert client.get_model_version_by_alias(f"genguard-{method}", "champion").version == version.version
 
 
-def test_registered_champion_loads_back_and_reproduces_pipeline_scores(trained):
+@pytest.mark.parametrize("method", ["pin_clip", "ns_net", "dgs_net"])
+def test_registered_champion_loads_back_and_reproduces_pipeline_scores(trained, method):
+    """Includes NS-Net, which classifies with each image's caption: the model captions the images itself."""
     _client(trained)
-    scores = pd.read_parquet(trained / "data" / "07_model_output" / "pin_clip" / "scores.parquet")
+    scores = pd.read_parquet(trained / "data" / "07_model_output" / method / "scores.parquet")
     clean = scores[scores["perturbation"] == "clean"].head(8)
     os.chdir(trained)  # manifest paths are relative to the project
     try:
-        model = mlflow.pyfunc.load_model("models:/genguard-pin_clip@champion")
+        model = mlflow.pyfunc.load_model(f"models:/genguard-{method}@champion")
         images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in clean["path"]])
         predicted = model.predict(images)
     finally:

@@ -31,9 +31,27 @@ def test_gpu_profile_is_paper_scale_and_keeps_base_keys():
     assert gpu["univfd"]["model"]["backbone"]["name"] == "ViT-L-14"
 
 
+def test_gpu_profile_for_ns_net_and_dgs_net_is_the_papers_setup():
+    from genguard.methods.dgs_net import DGSNetConfig
+    from genguard.methods.ns_net import NSNetConfig
+
+    base, gpu = _params("base"), _params("gpu")
+    for method, config in (("ns_net", NSNetConfig), ("dgs_net", DGSNetConfig)):
+        params = gpu[method]
+        assert params["model"]["backbone"] == {"name": "ViT-L-14", "pretrained": "openai"}
+        options = config.from_dict(params["model"]["options"])
+        assert options.patch_selection["patch_size"] * options.patch_selection["grid"] == 224
+        assert TrainConfig.from_dict(params["train"]).backend == "deepspeed"
+        assert params["model"]["options"]["lora_rank"] == base[method]["model"]["options"]["lora_rank"] == 6
+    assert gpu["dgs_net"]["train"]["epochs"] == 1 and gpu["dgs_net"]["model"]["options"]["teacher_epochs"] == 3
+    assert "zero1" in gpu["dgs_net"]["train"]["deepspeed"]["config_file"]  # surgery edits gradients: ZeRO <= 1
+    assert gpu["data"]["captions"]["kind"] == "file"
+    assert set(gpu["data"]["test_sources"]) == {"ufd", "aigcdetect", "aigibench"}
+
+
 @pytest.mark.parametrize("env", ["base", "test"])
 def test_embedded_profiles_train_in_process(env):
     params = _params(env)
-    for method in ("pin_clip", "univfd"):
+    for method in ("pin_clip", "univfd", "ns_net", "dgs_net"):
         assert TrainConfig.from_dict(params[method]["train"]).backend == "torch"
-        assert params[method]["model"]["backbone"]["name"] == "genguard-tiny-vit"
+        assert params[method]["model"]["backbone"]["name"].startswith("genguard-tiny-vit")

@@ -43,7 +43,7 @@ class _StandInDetector:
     def __init__(self, model_dir: str) -> None:
         self.offset = json.loads((Path(model_dir) / "config.json").read_text())["offset"]
 
-    def predict_proba(self, images) -> np.ndarray:
+    def predict_proba(self, images, captions=None) -> np.ndarray:
         means = np.array([np.asarray(image, dtype=np.float64).mean() for image in images])
         return np.clip(means / 255.0 + self.offset, 0.0, 1.0)
 

@@ -71,6 +71,37 @@ def test_gradient_hook_runs_between_backward_and_step():
     assert torch.equal(model.head.bias.detach(), bias)  # the hook's edit reached the optimizer
 
 
+def test_a_deferred_loss_returned_by_the_hook_is_back_propagated_before_the_step():
+    class Deferred(ToyDetector):
+        """Its loss stops at a detached copy of the logits; the hook sends twice the gradient on."""
+
+        def training_loss(self, batch):
+            logits = self.head(batch["features"]).squeeze(-1)
+            self._pending = (logits, leaf := logits.detach().requires_grad_(True))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(leaf, batch["label"].float())
+            return loss, {}
+
+        def gradient_hook(self):
+            def route():
+                logits, leaf = self._pending
+                return (logits * (2.0 * leaf.grad)).sum()
+            return route
+
+    def weights_after(model):
+        model.head.weight.data.fill_(0.1)
+        model.head.bias.data.zero_()
+        fit(model, toy_data(32), None, TrainConfig(epochs=1, batch_size=32, lr=0.1, seed=3))
+        return model.head.weight.detach().clone()
+
+    plain, deferred = weights_after(ToyDetector()), weights_after(Deferred())
+    assert not torch.equal(plain, torch.full_like(plain, 0.1))
+    # AdamW's first step moves each weight by -lr * sign(grad): equal when the routed gradient has the sign
+    assert torch.allclose(deferred, plain, atol=1e-6)
+    changed = Deferred()
+    changed.gradient_hook = lambda: (lambda: None)  # hook that returns nothing: the head gets no gradient
+    assert torch.equal(weights_after(changed), torch.full((1, 2), 0.1))
+
+
 def test_unknown_option_is_named():
     with pytest.raises(ValueError, match="epochz"):
         TrainConfig.from_dict({"epochz": 3})

@@ -3,6 +3,10 @@
 ``resize_mode``: ``resize`` (shorter side to ``image_size`` then centre crop; the default, fine for
 the embedded 64-px crops) or ``center_crop`` (no resampling, UnivFD's test protocol: resampling
 erases the high-frequency traces these detectors read).
+``patch_selection`` (NS-Net / DGS-Net): when set, it replaces resize/crop: the input is the mosaic of
+the highest- and lowest-spectral-entropy patches (``genguard.data.patch_selection``), whose size must
+equal ``image_size``. Training draws a fresh patch order per sample; evaluation uses the per-image
+deterministic order, so scores are reproducible and independent of batch order.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 RESIZE_MODES = ("resize", "center_crop")
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    # DGS-Net's code normalises CLIP inputs with ImageNet statistics; kept selectable for parity.
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 
 
 @dataclass(frozen=True)
@@ -25,15 +34,27 @@ class Preprocess:
     mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)  # CLIP statistics
     std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
     resize_mode: str = "resize"
+    patch_selection: dict | None = None  # PatchSelection.to_dict(); None = plain resize/crop
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        selector = self.selector
+        if selector is not None and selector.output_size != self.image_size:
+            raise ValueError(f"patch_selection makes {selector.output_size}-px inputs (grid x patch_size) but the "
+                             f"backbone takes {self.image_size} px: make grid * patch_size = {self.image_size}")
+
+    @property
+    def selector(self):
+        from genguard.data.patch_selection import PatchSelection
+
+        return PatchSelection.from_dict(self.patch_selection)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> Preprocess:
         cfg = dict(cfg)
         cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
+        cfg.setdefault("patch_selection", None)
         return cls(**cfg)
 
     def to_dict(self) -> dict:
@@ -41,9 +62,11 @@ class Preprocess:
         out["mean"], out["std"] = list(self.mean), list(self.std)
         return out
 
-    def to_uint8(self, image: Image.Image) -> np.ndarray:
-        """PIL image -> HxWx3 uint8 at the model's input size."""
+    def to_uint8(self, image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+        """PIL image -> HxWx3 uint8 at the model's input size (``rng``: patch order when training)."""
         image = image.convert("RGB")
+        if self.patch_selection:
+            return self.selector(np.asarray(image, dtype=np.uint8), rng=rng)
         size = self.image_size
         if self.resize_mode == "resize" and min(image.size) != size:
             scale = size / min(image.size)
@@ -77,14 +100,31 @@ def load_rgb(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
+def _check_extras(extras: dict[str, torch.Tensor] | None, rows: int) -> dict[str, torch.Tensor]:
+    extras = dict(extras or {})
+    for name, tensor in extras.items():
+        if len(tensor) != rows:
+            raise ValueError(f"extra input {name!r} has {len(tensor)} rows for {rows} images")
+    return extras
+
+
 class ManifestImages(Dataset):
-    """Manifest rows -> {"image", "label", "index"}; optional image-space perturbation and flip."""
+    """Manifest rows -> {"image", "label", "index", **extras}; optional perturbation and flip.
+
+    ``extras`` are row-aligned tensors a method needs besides pixels (e.g. ``text_features`` of each
+    image's caption). ``train=True`` turns on the training-time randomness: flip (if ``hflip``) and a
+    fresh patch order under patch selection, both drawn from the torch RNG the engine seeds and
+    checkpoints.
+    """
 
     def __init__(self, frame: pd.DataFrame, preprocess: Preprocess, *,
-                 perturbation: Callable[[Image.Image], Image.Image] | None = None, hflip: bool = False) -> None:
+                 perturbation: Callable[[Image.Image], Image.Image] | None = None, hflip: bool = False,
+                 train: bool | None = None, extras: dict[str, torch.Tensor] | None = None) -> None:
         self.paths = frame["path"].tolist()
         self.labels = torch.as_tensor(frame["label"].to_numpy().copy(), dtype=torch.long)
         self.preprocess, self.perturbation, self.hflip = preprocess, perturbation, hflip
+        self.train = hflip if train is None else train
+        self.extras = _check_extras(extras, len(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,23 +133,30 @@ class ManifestImages(Dataset):
         image = load_rgb(self.paths[index])
         if self.perturbation is not None:
             image = self.perturbation(image)
-        array = torch.from_numpy(self.preprocess.to_uint8(image)).permute(2, 0, 1).unsqueeze(0)
+        rng = None
+        if self.train and self.preprocess.patch_selection:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))  # engine-seeded torch RNG
+        array = torch.from_numpy(self.preprocess.to_uint8(image, rng=rng)).permute(2, 0, 1).unsqueeze(0)
         tensor = self.preprocess.normalise(array)[0]
-        if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded and checkpointed by the engine
+        if self.train and self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded and checkpointed by the engine
             tensor = tensor.flip(-1)
-        return {"image": tensor, "label": self.labels[index], "index": torch.tensor(index)}
+        return {"image": tensor, "label": self.labels[index], "index": torch.tensor(index),
+                **{name: tensor_[index] for name, tensor_ in self.extras.items()}}
 
 
 class FeatureRows(Dataset):
-    """Cached features -> {"features", "label", "index"} (frozen-backbone training)."""
+    """Cached features -> {"features", "label", "index", **extras} (frozen-backbone training)."""
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor,
+                 extras: dict[str, torch.Tensor] | None = None) -> None:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
         self.features, self.labels = features, labels.long()
+        self.extras = _check_extras(extras, len(features))
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"features": self.features[index], "label": self.labels[index], "index": torch.tensor(index)}
+        return {"features": self.features[index], "label": self.labels[index], "index": torch.tensor(index),
+                **{name: tensor[index] for name, tensor in self.extras.items()}}

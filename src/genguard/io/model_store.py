@@ -41,14 +41,36 @@ class LoadedDetector:
     config: dict[str, Any]
 
     @torch.no_grad()
-    def predict_proba(self, images: Sequence[Image.Image] | np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """P(fake) per image; images are PIL images or an NxHxWx3 uint8 array."""
+    def predict_proba(self, images: Sequence[Image.Image] | np.ndarray, batch_size: int = 64,
+                      captions: Sequence[str] | None = None) -> np.ndarray:
+        """P(fake) per image; images are PIL images or an NxHxWx3 uint8 array.
+
+        Detectors that classify with each image's caption (NS-Net per_sample) take ``captions``; when
+        none are given and the model was trained with template captions, they are made from the
+        images the same way as in training. Caption-file models need them passed explicitly.
+        """
         self.model.eval()
+        if getattr(self.model, "needs_captions_at_inference", False) and captions is None:
+            captions = self._captions_from_images(images)
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(captions)} captions for {len(images)} images")
         out = []
         for start in range(0, len(images), batch_size):
-            batch = self.preprocess.batch(images[start:start + batch_size])
-            out.append(torch.sigmoid(self.model(batch)).float().numpy())
+            batch = {"image": self.preprocess.batch(images[start:start + batch_size])}
+            if captions is not None and getattr(self.model, "uses_captions", False):
+                batch["text_features"] = self.model.encode_captions(list(captions[start:start + batch_size]))
+            out.append(torch.sigmoid(self.model.logits_for(batch)).float().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _captions_from_images(self, images: Sequence[Image.Image] | np.ndarray) -> list[str]:
+        from genguard.data.captions import template_caption
+
+        source = (self.config.get("extra") or {}).get("captions") or {"kind": "template"}
+        if source.get("kind", "template") != "template":
+            raise ValueError(f"this detector classifies with each image's caption and was trained on captions from "
+                             f"{source}; pass captions=[...] (one per image), or a 'caption' column to the MLflow model")
+        pictures = images if not isinstance(images, np.ndarray) else [Image.fromarray(a) for a in images]
+        return [template_caption(picture) for picture in pictures]
 
 
 def load_detector(model_dir: str | Path, *, for_inference: bool = True) -> LoadedDetector:
@@ -75,7 +97,8 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     """Load stored weights; only frozen pretrained backbone weights may be absent (rebuilt from spec)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     pretrained = bool((getattr(model, "init_spec", {}).get("backbone") or {}).get("pretrained"))
-    not_rebuildable = [k for k in missing if not (pretrained and k.startswith("backbone."))]
+    prefixes = tuple(getattr(model, "frozen_pretrained_prefixes", ("backbone.",)))
+    not_rebuildable = [k for k in missing if not (pretrained and k.startswith(prefixes))]
     if unexpected or not_rebuildable:
         raise ValueError(f"{source}: weights do not match the model "
                          f"(missing {not_rebuildable[:5]}, unexpected {unexpected[:5]})")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from genguard.methods.base import Detector
+from genguard.methods.dgs_net import build_dgs_net
+from genguard.methods.ns_net import build_ns_net
 from genguard.methods.pin_clip import build_pin_clip
 from genguard.methods.univfd import build_univfd
 from genguard.registry import Registry
@@ -16,6 +18,8 @@ from genguard.registry import Registry
 DETECTORS: Registry[Detector] = Registry("detector")
 DETECTORS.register("univfd")(build_univfd)
 DETECTORS.register("pin_clip")(build_pin_clip)
+DETECTORS.register("ns_net")(build_ns_net)
+DETECTORS.register("dgs_net")(build_dgs_net)
 
 
 def build_detector(method: str, backbone: dict | None = None, **options: Any) -> Detector:

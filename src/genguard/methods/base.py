@@ -7,8 +7,16 @@ can be trained on cached features. The engine only ever calls:
 - ``training_loss(batch)`` -> (scalar loss, {name: float}) with batch keys ``label`` and either
   ``image`` or ``features``;
 - ``parameter_groups(lr, weight_decay)`` -> optimizer groups (methods with several learning rates);
-- ``gradient_hook()`` -> None or a callable run after backward, before the optimizer step
-  (DGS-Net's gradient surgery plugs in here, not in a forked loop).
+- ``gradient_hook()`` -> None or a callable run after backward, before the optimizer step. It may
+  edit ``.grad`` in place, or return a *deferred* loss whose gradient the engine back-propagates too
+  before stepping (DGS-Net's gradient surgery plugs in here, not in a forked loop: its loss stops at
+  a detached copy of the image features, the hook edits that feature gradient and returns
+  ``(features * edited_gradient).sum()`` so the encoder sees the edited gradient, in one pass);
+- ``training_stages()`` / ``begin_stage(name, train_set)`` -> methods trained in stages (DGS-Net:
+  a frozen linear-probe teacher, then the student) get one engine run per stage.
+
+Methods that read captions (``uses_captions``) get a row-aligned ``text_features`` tensor in every
+batch: the frozen text tower's embedding of each image's caption, computed once by the pipeline.
 """
 
 from __future__ import annotations
@@ -23,6 +31,10 @@ from torch import nn
 class Detector(nn.Module):
     #: True when ``encode`` has no trainable parameters; the pipeline then caches features once.
     frozen_backbone: bool = False
+    #: True when training batches need ``text_features`` (per-image caption embeddings).
+    uses_captions: bool = False
+    #: State-dict prefixes of frozen towers rebuilt from a *pretrained* spec, hence not stored.
+    frozen_pretrained_prefixes: tuple[str, ...] = ("backbone.",)
 
     def __init__(self, init_spec: dict[str, Any]) -> None:
         super().__init__()
@@ -57,6 +69,31 @@ class Detector(nn.Module):
     def gradient_hook(self):
         return None
 
+    def training_stages(self) -> list[tuple[str, dict[str, Any]]]:
+        """(stage name, overrides of the train config) in order; one engine run each."""
+        return [("main", {})]
+
+    def begin_stage(self, name: str, train_set: Any) -> None:
+        """Called before each stage's engine run (freeze/unfreeze parts, fit data-derived buffers)."""
+
+    # --- inputs ---------------------------------------------------------------------------------
+    @property
+    def needs_captions_at_inference(self) -> bool:
+        return False
+
+    def preprocess_overrides(self) -> dict[str, Any]:
+        """Input options the method fixes (normalisation statistics, patch selection)."""
+        return {}
+
+    @torch.no_grad()
+    def encode_captions(self, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Frozen text-tower embeddings of ``captions`` (one row each; each distinct caption once)."""
+        unique = sorted(set(captions))
+        rows = [self.backbone.encode_prompts(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)]
+        table = torch.cat(rows) if rows else torch.zeros(0, self.backbone.embed_dim)
+        position = {caption: i for i, caption in enumerate(unique)}
+        return table[[position[c] for c in captions]].float().contiguous()
+
     # --- persistence --------------------------------------------------------------------------
     def storable_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights to save. A *pretrained* backbone's frozen weights are rebuilt from its spec
@@ -67,7 +104,7 @@ class Detector(nn.Module):
         if not spec.get("pretrained"):
             return state
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in state.items() if not k.startswith("backbone.") or k in trainable}
+        return {k: v for k, v in state.items() if not k.startswith(self.frozen_pretrained_prefixes) or k in trainable}
 
     def prepare_for_inference(self) -> Detector:
         """Hook for merging adapters etc.; called once after loading for prediction."""

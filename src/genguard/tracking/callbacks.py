@@ -8,17 +8,22 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
 class MlflowEpochLogger:
-    """Logs each epoch's metrics to the active MLflow run, step = epoch."""
+    """Logs each epoch's metrics to the active MLflow run, step = epoch.
 
-    def __init__(self) -> None:
+    ``prefix`` names a training stage other than the last (DGS-Net's ``teacher/``), so its curves do
+    not interleave with the final stage's ``train/*`` and ``val/*``.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
         self.logged_epochs: set[int] = set()
+        self.prefix = prefix
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         import mlflow
 
         if mlflow.active_run() is None:
             return
-        clean = {_UNSAFE.sub("_", k): float(v) for k, v in metrics.items() if v == v}  # drop NaN
+        clean = {_UNSAFE.sub("_", self.prefix + k): float(v) for k, v in metrics.items() if v == v}  # drop NaN
         mlflow.log_metrics(clean, step=epoch)
         self.logged_epochs.add(epoch)
 

@@ -10,7 +10,8 @@ Input accepted by ``predict``:
 * a uint8 (or integer, 0..255) numpy array ``[N, H, W, 3]`` (a single ``[H, W, 3]`` image is
   promoted to ``N = 1``), or
 * a pandas DataFrame with a ``path`` column; each file is opened with PIL and converted to RGB.
-  Images may differ in size; they are passed to the detector as a list of PIL images.
+  Images may differ in size; they are passed to the detector as a list of PIL images. An optional
+  ``caption`` column feeds detectors that classify with each image's caption (NS-Net per_sample).
 
 Output: a float numpy array ``[N]`` of P(fake).
 """
@@ -90,7 +91,11 @@ class GenguardDetectorPyfunc(mlflow.pyfunc.PythonModel):
         images = prepare_images(model_input)
         if len(images) == 0:
             return np.zeros((0,), dtype=np.float32)
-        probabilities = np.asarray(self.detector.predict_proba(images), dtype=np.float32).reshape(-1)
+        captions = None
+        if isinstance(model_input, pd.DataFrame) and "caption" in model_input.columns:
+            captions = model_input["caption"].astype(str).tolist()
+        probabilities = np.asarray(self.detector.predict_proba(images, captions=captions),
+                                   dtype=np.float32).reshape(-1)
         if probabilities.shape[0] != len(images):
             raise RuntimeError(f"detector returned {probabilities.shape[0]} scores for {len(images)} images")
         return probabilities

@@ -82,24 +82,30 @@ def _free_port() -> int:
 
 def write_dataset(dataset: Dataset, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
+    extras = getattr(dataset, "extras", {}) or {}
+    extras_file = None
+    if extras:
+        extras_file = str(folder / "extras.safetensors")
+        save_file({k: v.contiguous() for k, v in extras.items()}, extras_file)
     if isinstance(dataset, FeatureRows):
         save_file({"features": dataset.features.contiguous(), "labels": dataset.labels.contiguous()},
                   str(folder / "features.safetensors"))
-        return {"kind": "features", "file": str(folder / "features.safetensors")}
+        return {"kind": "features", "file": str(folder / "features.safetensors"), "extras_file": extras_file}
     if isinstance(dataset, ManifestImages):
         return {"kind": "images", "paths": dataset.paths, "labels": dataset.labels.tolist(),
-                "preprocess": dataset.preprocess.to_dict(), "hflip": dataset.hflip}
+                "preprocess": dataset.preprocess.to_dict(), "hflip": dataset.hflip, "train": dataset.train,
+                "extras_file": extras_file}
     raise TypeError(f"the DeepSpeed backend cannot ship a {type(dataset).__name__}")
 
 
 def fit_distributed(model: Detector, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig, *,
-                    checkpoint_dir: Path) -> TrainResult:
+                    checkpoint_dir: Path, stage: str = "main", log_prefix: str = "") -> TrainResult:
     ds = dict(cfg.deepspeed or {})
     job = Path(checkpoint_dir) / "deepspeed_job"
     (job / "init").mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               str(job / "init" / "model.safetensors"))
-    spec = {"init_spec": model.init_spec, "train": cfg.to_dict(),
+    spec = {"init_spec": model.init_spec, "train": cfg.to_dict(), "stage": stage, "log_prefix": log_prefix,
             "deepspeed_config": load_deepspeed_config(ds, cfg),
             "train_data": write_dataset(train_set, job / "train"),
             "val_data": write_dataset(val_set, job / "val") if val_set is not None and len(val_set) else None}

@@ -26,13 +26,15 @@ from genguard.training.engine import TrainConfig, _collate, train_epoch, validat
 
 
 def _dataset(spec: dict):
+    extras = load_file(spec["extras_file"]) if spec.get("extras_file") else None
     if spec["kind"] == "features":
         tensors = load_file(spec["file"])
-        return FeatureRows(tensors["features"], tensors["labels"])
+        return FeatureRows(tensors["features"], tensors["labels"], extras=extras)
     import pandas as pd
 
     frame = pd.DataFrame({"path": spec["paths"], "label": spec["labels"]})
-    return ManifestImages(frame, Preprocess.from_dict(spec["preprocess"]), hflip=spec["hflip"])
+    return ManifestImages(frame, Preprocess.from_dict(spec["preprocess"]), hflip=spec["hflip"],
+                          train=spec.get("train"), extras=extras)
 
 
 def _to_device(value: torch.Tensor, device, dtype: torch.dtype | None) -> torch.Tensor:
@@ -70,6 +72,9 @@ def main() -> None:
 
     model = build_from_spec(spec["init_spec"])
     model.load_state_dict(load_file(str(job / "init" / "model.safetensors")))
+    train_set = _dataset(spec["train_data"])
+    val_set = _dataset(spec["val_data"]) if spec.get("val_data") else None
+    model.begin_stage(spec.get("stage", "main"), train_set)  # before the optimizer: stages (un)freeze parts
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                    config=spec["deepspeed_config"])
@@ -78,8 +83,9 @@ def main() -> None:
     if hook is not None and stage >= 2:
         raise ValueError("this method edits gradients (gradient_hook); ZeRO stage >= 2 partitions them. "
                          "Use zero_optimization.stage 0 or 1 for it.")
-    train_set = _dataset(spec["train_data"])
-    val_set = _dataset(spec["val_data"]) if spec.get("val_data") else None
+    if hook is not None and engine.fp16_enabled():
+        raise ValueError("this method edits gradients (gradient_hook) and its deferred loss would be loss-scaled "
+                         "twice under fp16; use bf16 (conf/gpu/deepspeed/zero1_bf16.json)")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_collate,
                         num_workers=cfg.num_workers)
@@ -117,7 +123,9 @@ def main() -> None:
             if run is not None:
                 import mlflow
 
-                mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch" and v == v}, step=epoch + 1)
+                prefix = spec.get("log_prefix", "")
+                mlflow.log_metrics({prefix + k: float(v) for k, v in record.items() if k != "epoch" and v == v},
+                                   step=epoch + 1)
             print(f"[rank 0] epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.4f}" for k, v in record.items()
                                                                        if k != "epoch"), flush=True)
         state = [history, best]
@@ -125,6 +133,16 @@ def main() -> None:
         history, best = state
         engine.save_checkpoint(str(ckpt_dir), tag=f"epoch{epoch + 1}",
                                client_state={"epoch": epoch, "history": history, "best": best})
+    # Ranks must end with identical weights (every gradient, hook-edited ones included, was reduced):
+    # compare a checksum of the trainable tensors across ranks (ZeRO-3 shards them: not comparable).
+    in_sync = None
+    if stage < 3:
+        trainable = [p.detach().float().sum() for p in engine.module.parameters() if p.requires_grad]
+        checksum = torch.stack(trainable).sum().cpu().reshape(1) if trainable else torch.zeros(1)
+        low, high = checksum.clone(), checksum.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        in_sync = bool((high - low).abs() <= 1e-4 * (1.0 + checksum.abs()))
     # ZeRO-3 shards parameters: gather a full copy (rank 0) before writing the final weights.
     if stage == 3:  # needs "stage3_gather_16bit_weights_on_model_save": true (conf/gpu/deepspeed/zero3.json)
         state = engine._zero3_consolidated_16bit_state_dict()
@@ -135,7 +153,7 @@ def main() -> None:
         final.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(final / "model.safetensors"))
         write_json_atomic(job / "summary.json", {"history": history, "best": best, "world_size": world,
-                                                 "zero_stage": stage, "resumed_from_epoch": resumed,
+                                                 "zero_stage": stage, "resumed_from_epoch": resumed, "ranks_in_sync": in_sync,
                                                  "seconds": time.perf_counter() - started})
         if run is not None:
             import mlflow

@@ -137,7 +137,11 @@ def train_epoch(model: Detector, loader, *, backward: Callable[[torch.Tensor], N
         zero_grad()
         backward(loss)
         if hook is not None:
-            hook()  # after gradients exist, before the optimizer uses them (e.g. gradient surgery)
+            # After gradients exist, before the optimizer uses them (e.g. gradient surgery). A returned
+            # tensor is a deferred loss: its gradient joins the others through the same ``backward``.
+            deferred = hook()
+            if deferred is not None:
+                backward(deferred)
         step()
         steps += 1
         for key, value in {"loss": float(loss.detach()), **logs}.items():
