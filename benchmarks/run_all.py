@@ -8,6 +8,12 @@ cache      UnivFD training for 10 epochs on cached features vs recomputing the f
 inference  images/s of a trained PiN-CLIP detector (LoRA merged) vs the bare backbone forward on the
            same batch (target: within 15%).
 run        wall time and peak RSS of `kedro run --pipeline=pin_clip` (target: < 3 min after install).
+dgs_step   per-step cost of a DGS-Net student step (teacher forward + caption head + gradient surgery)
+           vs plain LoRA fine-tuning on the same batch (target: surgery well under 2x); tiny 32-px ViT and
+           a random-init ViT-B/16 at 224 px (the paper's token count regime), surgery on and off.
+shared     frozen-feature store: two frozen detectors with one backbone + input (UnivFD and NS-Net's
+           frozen-encoder option) encoded once vs once per detector, degraded test sets included.
+benchmark  wall time and peak RSS of `kedro run --pipeline=aigi_benchmark` (target: < 15 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -94,18 +100,102 @@ def bench_inference(batch: int = 256, repeats: int = 5) -> dict:
             "detector_images_per_s": batch / detector_s, "detector_over_backbone_time": detector_s / backbone_s}
 
 
-def bench_run() -> dict:
-    """Wall time and peak RSS of a real `kedro run --pipeline=pin_clip` (dataset already built)."""
+def _kedro_run(pipeline: str) -> dict:
+    """Wall time and peak RSS of a real `kedro run --pipeline=<pipeline>` (dataset already built)."""
     kedro = Path(sys.executable).parent / "kedro"
     started = time.perf_counter()
-    subprocess.run([str(kedro), "run", "--pipeline=pin_clip"], cwd=ROOT, check=True,
+    subprocess.run([str(kedro), "run", f"--pipeline={pipeline}"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over children so far
     return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024}
 
 
-BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run}
+def bench_run() -> dict:
+    return _kedro_run("pin_clip")
+
+
+def _step_seconds(model, batch, plain: bool, steps: int) -> float:
+    """Median seconds of one optimizer step (forward, backward(s), hook, step) after a warm-up."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.AdamW(model.parameter_groups(1e-4, 0.0)[0]["params"], lr=1e-4)
+    hook = model.gradient_hook()
+    times = []
+    for i in range(steps + 1):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        if plain:  # plain LoRA fine-tuning: BCE of the image head on the student, one backward
+            logits = model.image_head(model.encode(batch["image"])).squeeze(-1)
+            F.binary_cross_entropy_with_logits(logits, batch["label"].float()).backward()
+        else:
+            loss, _ = model.training_loss(batch)
+            loss.backward()
+            deferred = hook()
+            if deferred is not None:
+                deferred.backward()
+        optimizer.step()
+        if i:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_dgs_step(steps: int = 5) -> dict:
+    from genguard.methods import build_detector
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = {}
+    for label, backbone, size, batch_size, select in (
+            ("tiny32", {"name": "genguard-tiny-vit-32"}, 32, 32, {"patch_size": 8, "grid": 4}),
+            ("vitb16_224", {"name": "ViT-B-16"}, 224, 8, {"patch_size": 32, "grid": 7})):
+        g = torch.Generator().manual_seed(0)
+        batch = {"image": torch.randn(batch_size, 3, size, size, generator=g),
+                 "label": torch.arange(batch_size) % 2}
+        timings = {}
+        for variant, options in (("plain", {}), ("dgs", {"surgery": True}), ("dgs_no_surgery", {"surgery": False})):
+            torch.manual_seed(0)
+            model = build_detector("dgs_net", backbone=backbone, patch_selection=select, **options)
+            model.begin_stage("student", None)
+            model.train()
+            batch["text_features"] = torch.randn(batch_size, model.backbone.embed_dim, generator=g)
+            timings[variant] = _step_seconds(model, batch, plain=variant == "plain", steps=steps)
+        results.update({f"{label}/{k}_step_s": v for k, v in timings.items()})
+        results[f"{label}/dgs_over_plain"] = timings["dgs"] / timings["plain"]
+        results[f"{label}/surgery_over_no_surgery"] = timings["dgs"] / timings["dgs_no_surgery"]
+        results[f"{label}/batch"] = batch_size
+    return results
+
+
+def bench_shared() -> dict:
+    from genguard.pipelines.aigi_benchmark.nodes import encode_shared_features
+
+    os.chdir(ROOT)
+    manifest, data = _embedded_manifest()
+    benchmark = {"conditions": ["clean", "jpeg_95", "jpeg_75", "blur_1", "blur_2", "resize_0.5"]}
+    backbone = {"name": "genguard-tiny-vit", "pretrained": None}
+    univfd = {"method": "univfd", "backbone": backbone, "options": {}}
+    frozen_ns = {"method": "ns_net", "backbone": backbone,
+                 "options": {"lora_rank": 0, "patch_selection": None, "normalisation": "backbone"}}
+    started = time.perf_counter()
+    shared = encode_shared_features(manifest, data, benchmark, univfd, frozen_ns)
+    shared_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for model in (univfd, frozen_ns):
+        encode_shared_features(manifest, data, benchmark, model)
+    separate_s = time.perf_counter() - started
+    return {"shared_s": shared_s, "per_detector_s": separate_s, "saved_s": separate_s - shared_s,
+            "images_encoded": shared["report"]["feature_keys"][0]["images_encoded"],
+            "images_saved": shared["report"]["encoder_images_saved_by_sharing"]}
+
+
+def bench_benchmark() -> dict:
+    return _kedro_run("aigi_benchmark")
+
+
+BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run, "dgs_step": bench_dgs_step,
+           "shared": bench_shared, "benchmark": bench_benchmark}
 
 
 def main(names: list[str]) -> None:

@@ -79,6 +79,15 @@ def test_global_svd_basis_spans_the_training_captions_and_survives_save_load(tmp
         assert torch.allclose(loaded.model(images), model.eval()(images), atol=1e-5)
 
 
+def test_hidden_layer_classifier_also_sees_only_the_decoupled_feature():
+    model = _ns_net(classify_on="hidden").eval()
+    features, text = torch.randn(4, 64), torch.randn(4, 64)
+    along = F.normalize(text, dim=-1) * 5.0  # adding caption directions must not move the logits
+    with torch.no_grad():
+        assert torch.allclose(model.classify(features, text), model.classify(features + along, text), atol=1e-5)
+    assert model.head.in_features == model.config.proj_hidden
+
+
 def test_per_sample_mode_refuses_to_classify_without_captions():
     with pytest.raises(ValueError, match="text_features"):
         _ns_net().classify(torch.randn(2, 64))

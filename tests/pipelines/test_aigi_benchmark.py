@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from genguard.evaluation.leaderboard import LeaderboardError
 from genguard.pipelines.aigi_benchmark import nodes
-from genguard.pipeline_registry import DETECTOR_PIPELINES
+from genguard.pipeline_registry import AIGI_DETECTORS
 
 from .conftest import run_session
 
@@ -28,18 +28,18 @@ def benchmarked(project):
 def test_leaderboard_covers_every_detector_generator_and_condition(benchmarked):
     report = benchmarked / "data" / "08_reporting" / "aigi_benchmark"
     board = pd.read_csv(report / "leaderboard.csv")
-    assert sorted(board["detector"].unique()) == sorted(DETECTOR_PIPELINES)
-    assert len(board) == len(DETECTOR_PIPELINES) * len(CONDITIONS)
+    assert sorted(board["detector"].unique()) == sorted(AIGI_DETECTORS)
+    assert len(board) == len(AIGI_DETECTORS) * len(CONDITIONS)
     for generator in GENERATORS:
         assert board[f"{generator}/acc"].notna().all() and board[f"{generator}/ap"].notna().all()
     markdown = (report / "leaderboard.md").read_text()
-    assert all(name in markdown for name in [*DETECTOR_PIPELINES, *GENERATORS, "gan_upsampler (train)"])
+    assert all(name in markdown for name in [*AIGI_DETECTORS, *GENERATORS, "gan_upsampler (train)"])
     assert {p.name for p in (report / "plots").glob("*.png")} == {"heatmap_acc.png", "heatmap_ap.png"}
     metrics = json.loads((report / "leaderboard_metrics.json").read_text())
-    assert set(metrics["leaderboard"]) == set(DETECTOR_PIPELINES)
+    assert set(metrics["leaderboard"]) == set(AIGI_DETECTORS)
     assert metrics["shared_features"]["frozen_detectors"] == ["univfd"]
     records = json.loads((report / "leaderboard_plot.json").read_text())["leaderboard"]
-    assert len(records) == len(DETECTOR_PIPELINES) * len(CONDITIONS) * (len(GENERATORS) + 1)
+    assert len(records) == len(AIGI_DETECTORS) * len(CONDITIONS) * (len(GENERATORS) + 1)
 
 
 def test_one_parent_run_with_a_child_run_per_detector(benchmarked):
@@ -50,7 +50,7 @@ def test_one_parent_run_with_a_child_run_per_detector(benchmarked):
     latest = {}
     for run in sorted(children, key=lambda r: r.info.start_time):
         latest[run.data.tags["genguard.detector"]] = run
-    assert sorted(latest) == sorted(DETECTOR_PIPELINES)
+    assert sorted(latest) == sorted(AIGI_DETECTORS)
     parents = {run.data.tags["mlflow.parentRunId"] for run in latest.values()}
     assert len(parents) == 1
     parent = client.get_run(parents.pop())

@@ -95,6 +95,17 @@ class Preprocess:
         return self.normalise(torch.from_numpy(arrays).permute(0, 3, 1, 2))
 
 
+def input_overrides(patch_selection: dict | None, normalisation: str) -> dict:
+    """Preprocess fields a method fixes: its patch selection and its normalisation statistics
+    (``backbone`` keeps the backbone's own)."""
+    if normalisation not in (*NORMALISATIONS, "backbone"):
+        raise ValueError(f"normalisation must be one of {(*NORMALISATIONS, 'backbone')}, got {normalisation!r}")
+    out: dict = {"patch_selection": patch_selection}
+    if normalisation != "backbone":
+        out["mean"], out["std"] = NORMALISATIONS[normalisation]
+    return out
+
+
 def load_rgb(path: str) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genguard.config import dataclass_from_dict
-from genguard.data.transforms import NORMALISATIONS
+from genguard.data.transforms import NORMALISATIONS, input_overrides
 from genguard.methods.base import Detector
 from genguard.models.backbones import CLIPBackbone, create_backbone
 from genguard.models.lora import add_lora, merge_lora
@@ -125,10 +125,7 @@ class DGSNet(Detector):
 
     # ------------------------------------------------------------------------------ inputs
     def preprocess_overrides(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"patch_selection": self.config.patch_selection}
-        if self.config.normalisation != "backbone":
-            out["mean"], out["std"] = NORMALISATIONS[self.config.normalisation]
-        return out
+        return input_overrides(self.config.patch_selection, self.config.normalisation)
 
     # ------------------------------------------------------------------------------ forward
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ option with the spec's default (specs/aigi_clip_methods.md §3.2, INFERRED there
 * Visual encoder: LoRA (r 6, alpha 6) on q, k, v of every block, as the sister code base (DGS-Net);
   ``lora_rank: 0`` keeps the encoder frozen (features are then cached by the pipeline).
 * Projection head g: MLP d -> 512 -> ReLU -> 128, L2-normalised, for the supervised contrastive loss
-  (tau 0.07); classifier h: Linear(d -> 1) on v_perp. L = BCE + 1.0 * SupCon.
+  (tau 0.07); classifier h: Linear(d -> 1) on v_perp (``classify_on: feature``) or on the MLP's
+  512-d hidden layer (``hidden``). L = BCE + 1.0 * SupCon.
 * Anchors without a same-label partner in the batch are left out of SupCon (rather than requiring a
   class-balanced sampler: the shared engine shuffles uniformly and balanced data makes such anchors
   rare at batch 32).
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genguard.config import dataclass_from_dict
-from genguard.data.transforms import NORMALISATIONS
+from genguard.data.transforms import NORMALISATIONS, input_overrides
 from genguard.methods.base import Detector
 from genguard.models.backbones import CLIPBackbone, create_backbone
 from genguard.models.lora import add_lora, merge_lora
@@ -54,6 +55,7 @@ class NSNetConfig:
     proj_hidden: int = 512
     proj_dim: int = 128
     temperature: float = 0.07
+    classify_on: str = "feature"         # feature (v_perp) | hidden (the projection MLP's hidden layer)
     lambda_con: float = 1.0
     lambda_cls: float = 1.0
     normalisation: str = "imagenet"      # imagenet | clip | backbone
@@ -66,6 +68,8 @@ class NSNetConfig:
             raise ValueError(f"ns_net.ns_mode must be one of {NS_MODES}, got {config.ns_mode!r}")
         if config.normalisation not in (*NORMALISATIONS, "backbone"):
             raise ValueError(f"ns_net.normalisation must be imagenet, clip or backbone, got {config.normalisation!r}")
+        if config.classify_on not in ("feature", "hidden"):
+            raise ValueError(f"ns_net.classify_on must be 'feature' or 'hidden', got {config.classify_on!r}")
         if config.temperature <= 0:
             raise ValueError("ns_net.temperature must be > 0")
         return config
@@ -123,7 +127,7 @@ class NSNet(Detector):
         dim = backbone.embed_dim
         self.projection_head = nn.Sequential(nn.Linear(dim, config.proj_hidden), nn.ReLU(),
                                              nn.Linear(config.proj_hidden, config.proj_dim))
-        self.head = nn.Linear(dim, 1)
+        self.head = nn.Linear(config.proj_hidden if config.classify_on == "hidden" else dim, 1)
         # global_svd: the semantic subspace fitted on the training captions (rows orthonormal).
         self.register_buffer("semantic_basis", torch.zeros(0, dim))
         self._register_load_state_dict_pre_hook(self._resize_semantic_basis)
@@ -140,10 +144,7 @@ class NSNet(Detector):
         return self.config.ns_mode == "per_sample"
 
     def preprocess_overrides(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"patch_selection": self.config.patch_selection}
-        if self.config.normalisation != "backbone":
-            out["mean"], out["std"] = NORMALISATIONS[self.config.normalisation]
-        return out
+        return input_overrides(self.config.patch_selection, self.config.normalisation)
 
     def begin_stage(self, name: str, train_set: Any) -> None:
         if self.config.ns_mode == "global_svd":
@@ -182,8 +183,13 @@ class NSNet(Detector):
                                "training (begin_stage) from the training captions")
         return null_space_project(features, self.semantic_basis)
 
+    def _logits(self, decoupled: torch.Tensor) -> torch.Tensor:
+        if self.config.classify_on == "hidden":
+            decoupled = self.projection_head[1](self.projection_head[0](decoupled))
+        return self.head(decoupled).squeeze(-1)
+
     def classify(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.decouple(features, text_features)).squeeze(-1)
+        return self._logits(self.decouple(features, text_features))
 
     def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.classify(self.encode(images), text_features)
@@ -197,7 +203,7 @@ class NSNet(Detector):
         features = batch["features"] if "features" in batch else self.encode(batch["image"])
         decoupled = self.decouple(features, batch.get("text_features"))
         target = batch["label"].float()
-        loss_cls = F.binary_cross_entropy_with_logits(self.head(decoupled).squeeze(-1), target)
+        loss_cls = F.binary_cross_entropy_with_logits(self._logits(decoupled), target)
         z = F.normalize(self.projection_head(decoupled), dim=-1)
         loss_con = supervised_contrastive_loss(z, batch["label"], cfg.temperature)
         loss = cfg.lambda_cls * loss_cls + cfg.lambda_con * loss_con

@@ -268,8 +268,10 @@ def evaluate_detector(detector: LoadedDetector, manifest: pd.DataFrame, features
     if test.empty:
         raise DataValidationError("the test split is empty: nothing to evaluate (check data.split_fractions)")
     detector.model.eval()
-    # Degraded copies keep their clean image's caption: a captioner names the scene, which they share.
-    extras = _text_features(detector.model, test, data)
+    # Only methods that classify with captions get them at test time (DGS-Net uses them in training
+    # only). Degraded copies keep their clean image's caption: a captioner names the scene, which they share.
+    needs_text = getattr(detector.model, "needs_captions_at_inference", False)
+    extras = _text_features(detector.model, test, data) if needs_text else {}
     frames = []
     for perturbation in ["clean", *evaluation.get("perturbations", [])]:
         scored = test[["path", "generator", "label", "sha256"]].copy()
