@@ -115,34 +115,29 @@ def bench_run() -> dict:
     return _kedro_run("pin_clip")
 
 
-def _step_seconds(model, batch, plain: bool, steps: int) -> float:
-    """Median seconds of one optimizer step (forward, backward(s), hook, step) after a warm-up."""
-    import statistics
-
+def _step(model, optimizer, hook, batch, plain: bool) -> float:
+    """Seconds of one optimizer step: forward, backward(s), gradient hook, step."""
     import torch.nn.functional as F
 
-    optimizer = torch.optim.AdamW(model.parameter_groups(1e-4, 0.0)[0]["params"], lr=1e-4)
-    hook = model.gradient_hook()
-    times = []
-    for i in range(steps + 1):
-        started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        if plain:  # plain LoRA fine-tuning: BCE of the image head on the student, one backward
-            logits = model.image_head(model.encode(batch["image"])).squeeze(-1)
-            F.binary_cross_entropy_with_logits(logits, batch["label"].float()).backward()
-        else:
-            loss, _ = model.training_loss(batch)
-            loss.backward()
-            deferred = hook()
-            if deferred is not None:
-                deferred.backward()
-        optimizer.step()
-        if i:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    if plain:  # plain LoRA fine-tuning: BCE of the image head on the student, one backward
+        logits = model.image_head(model.encode(batch["image"])).squeeze(-1)
+        F.binary_cross_entropy_with_logits(logits, batch["label"].float()).backward()
+    else:
+        loss, _ = model.training_loss(batch)
+        loss.backward()
+        deferred = hook()
+        if deferred is not None:
+            deferred.backward()
+    optimizer.step()
+    return time.perf_counter() - started
 
 
-def bench_dgs_step(steps: int = 5) -> dict:
+def bench_dgs_step(steps: int = 6) -> dict:
+    """Variants step in turn (A B C A B C ...) so machine drift hits all alike; medians reported."""
+    import statistics
+
     from genguard.methods import build_detector
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -153,14 +148,22 @@ def bench_dgs_step(steps: int = 5) -> dict:
         g = torch.Generator().manual_seed(0)
         batch = {"image": torch.randn(batch_size, 3, size, size, generator=g),
                  "label": torch.arange(batch_size) % 2}
-        timings = {}
+        runners = {}
         for variant, options in (("plain", {}), ("dgs", {"surgery": True}), ("dgs_no_surgery", {"surgery": False})):
             torch.manual_seed(0)
             model = build_detector("dgs_net", backbone=backbone, patch_selection=select, **options)
             model.begin_stage("student", None)
             model.train()
-            batch["text_features"] = torch.randn(batch_size, model.backbone.embed_dim, generator=g)
-            timings[variant] = _step_seconds(model, batch, plain=variant == "plain", steps=steps)
+            optimizer = torch.optim.AdamW(model.parameter_groups(1e-4, 0.0)[0]["params"], lr=1e-4)
+            runners[variant] = (model, optimizer, model.gradient_hook())
+        batch["text_features"] = torch.randn(batch_size, runners["dgs"][0].backbone.embed_dim, generator=g)
+        times: dict[str, list[float]] = {variant: [] for variant in runners}
+        for i in range(steps + 1):  # the first round warms up
+            for variant, (model, optimizer, hook) in runners.items():
+                seconds = _step(model, optimizer, hook, batch, plain=variant == "plain")
+                if i:
+                    times[variant].append(seconds)
+        timings = {variant: statistics.median(values) for variant, values in times.items()}
         results.update({f"{label}/{k}_step_s": v for k, v in timings.items()})
         results[f"{label}/dgs_over_plain"] = timings["dgs"] / timings["plain"]
         results[f"{label}/surgery_over_no_surgery"] = timings["dgs"] / timings["dgs_no_surgery"]
