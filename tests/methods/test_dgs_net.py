@@ -135,8 +135,8 @@ def test_student_stage_learns_through_the_engine():
     model, rows = _dgs(), _Rows(_batch(16))
     lora_before = [p.detach().clone() for p in model.lora_parameters]
     optimizer = torch.optim.Adam(model.parameter_groups(1e-2, 0.0)[0]["params"], lr=1e-2)
-    logs = [train_epoch(model, torch.utils.data.DataLoader(rows, batch_size=16), backward=lambda l: l.backward(),
+    logs = [train_epoch(model, torch.utils.data.DataLoader(rows, batch_size=16), backward=lambda loss: loss.backward(),
                         step=optimizer.step, zero_grad=optimizer.zero_grad, hook=model.gradient_hook())
             for _ in range(15)]
     assert logs[-1]["bce_image"] < logs[0]["bce_image"]
-    assert any(not torch.equal(a, b) for a, b in zip(lora_before, model.lora_parameters))
+    assert any(not torch.equal(a, b) for a, b in zip(lora_before, model.lora_parameters, strict=True))

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genguard.io.model_store import load_detector, save_detector
 from genguard.data.transforms import Preprocess
+from genguard.io.model_store import load_detector, save_detector
 from genguard.methods import build_detector
 from genguard.methods.ns_net import null_space_project, supervised_contrastive_loss
 

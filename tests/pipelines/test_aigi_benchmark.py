@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from genguard.evaluation.leaderboard import LeaderboardError
-from genguard.pipelines.aigi_benchmark import nodes
 from genguard.pipeline_registry import AIGI_DETECTORS
+from genguard.pipelines.aigi_benchmark import nodes
 
 from .conftest import run_session
 

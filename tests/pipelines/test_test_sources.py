@@ -4,7 +4,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from genguard.pipelines.detector.nodes import _splits, ingest_images
+from genguard.pipelines.detector.nodes import ingest_images, protocol_frames
 
 
 def _subset(root: Path, subset: str, shade: int, n: int = 3) -> None:
@@ -27,6 +27,6 @@ def test_test_suites_are_test_only_and_keep_their_suite_in_the_generator_name(tm
     suites = manifest[manifest["generator"].str.contains("/")]
     assert set(suites["generator"]) == {"ufd/guided", "ufd/dalle", "aigibench/guided"}
     assert (suites["split"] == "test").all() and len(suites) == 18
-    splits = _splits(manifest, {**data, "train_generators": ["progan"]})
+    splits = protocol_frames(manifest, {**data, "train_generators": ["progan"]})
     assert {"ufd/guided", "ufd/dalle", "aigibench/guided"} <= set(splits["test"]["generator"])
     assert not splits["train"]["generator"].str.contains("/").any()

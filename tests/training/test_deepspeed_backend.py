@@ -110,6 +110,6 @@ def test_dgs_net_gradient_surgery_trains_under_zero1_with_ranks_in_sync(tmp_path
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     result = fit_distributed(model, train, None, cfg, checkpoint_dir=tmp_path / "ckpt", stage="student")
     assert all(np.isfinite(h["train/loss"]) for h in result.history)
-    assert any(not torch.equal(a, b) for a, b in zip(lora_before, model.lora_parameters))  # LoRA learnt
+    assert any(not torch.equal(a, b) for a, b in zip(lora_before, model.lora_parameters, strict=True))  # LoRA learnt
     summary = json.loads((tmp_path / "ckpt" / "deepspeed_job" / "summary.json").read_text())
     assert summary["zero_stage"] == 1 and summary["ranks_in_sync"] is True

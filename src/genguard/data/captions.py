@@ -76,7 +76,8 @@ def _caption_tables(path: Path) -> list[tuple[Path, dict[str, str]]]:
         try:
             table = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise DataValidationError(f"{file}: not readable JSON ({error}); it must map image paths to captions") from None
+            raise DataValidationError(f"{file}: not readable JSON ({error}); "
+                                      "it must map image paths to captions") from None
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
             raise DataValidationError(f"{file}: expected a JSON object mapping image path -> caption string")
         tables.append((file, table))

@@ -67,8 +67,9 @@ class LoadedDetector:
 
         source = (self.config.get("extra") or {}).get("captions") or {"kind": "template"}
         if source.get("kind", "template") != "template":
-            raise ValueError(f"this detector classifies with each image's caption and was trained on captions from "
-                             f"{source}; pass captions=[...] (one per image), or a 'caption' column to the MLflow model")
+            raise ValueError(f"this detector classifies with each image's caption and was trained on captions "
+                             f"from {source}; pass captions=[...] (one per image), or a 'caption' column to the "
+                             "MLflow model")
         pictures = images if not isinstance(images, np.ndarray) else [Image.fromarray(a) for a in images]
         return [template_caption(picture) for picture in pictures]
 

@@ -153,7 +153,8 @@ def main() -> None:
         final.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(final / "model.safetensors"))
         write_json_atomic(job / "summary.json", {"history": history, "best": best, "world_size": world,
-                                                 "zero_stage": stage, "resumed_from_epoch": resumed, "ranks_in_sync": in_sync,
+                                                 "zero_stage": stage, "resumed_from_epoch": resumed,
+                                                 "ranks_in_sync": in_sync,
                                                  "seconds": time.perf_counter() - started})
         if run is not None:
             import mlflow

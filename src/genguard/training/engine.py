@@ -28,8 +28,13 @@ from tqdm.auto import tqdm
 
 from genguard.config import dataclass_from_dict
 from genguard.methods.base import Detector
-from genguard.training.checkpoint import (Checkpoint, load_checkpoint, load_weights_file, save_checkpoint,
-                                         save_weights)
+from genguard.training.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_weights_file,
+    save_checkpoint,
+    save_weights,
+)
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "deepspeed")

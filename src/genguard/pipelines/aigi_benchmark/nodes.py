@@ -47,10 +47,10 @@ def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchma
     caches: dict[str, dict[str, torch.Tensor]] = {}
     by_key: dict[str, dict[str, Any]] = {}
     for model in models:
-        detector = detector_nodes._build(model)
+        detector = detector_nodes.build_from_params(model)
         if not detector.frozen_backbone:
             continue
-        preprocess = detector_nodes._preprocess(detector, data)
+        preprocess = detector_nodes.preprocess_for(detector, data)
         key = fingerprint(detector.init_spec.get("backbone"), preprocess.to_dict())
         entry = by_key.get(key)
         if entry is None:
@@ -140,7 +140,7 @@ def build_leaderboard(manifest: pd.DataFrame, data: dict[str, Any], benchmark: d
     detectors = list(dict.fromkeys(frame["detector"].iloc[0] for frame in results if len(frame)))
     if len(detectors) != len(results):
         raise DataValidationError("a detector produced no results at all; see its child run in MLflow")
-    train_generators = detector_nodes._train_generators(data) or []
+    train_generators = detector_nodes.train_generators(data) or []
     board = lb.build_leaderboard(combined, detectors, expected_generators(manifest, benchmark),
                                  _conditions(benchmark), train_generators)
     markdown = lb.leaderboard_markdown(board, train_generators)

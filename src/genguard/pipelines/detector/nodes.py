@@ -70,17 +70,17 @@ def validate_dataset(raw_manifest: pd.DataFrame, bad_files: list[dict[str, str]]
     return manifest
 
 
-def _train_generators(data: dict[str, Any]) -> list[str] | None:
+def train_generators(data: dict[str, Any]) -> list[str] | None:
     if data["source"] == "embedded":
         return data["embedded"].get("train_generators")
     return data.get("train_generators")
 
 
-def _splits(manifest: pd.DataFrame, data: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    return protocol_splits(manifest, _train_generators(data), data.get("max_per_group"), data.get("seed", 0))
+def protocol_frames(manifest: pd.DataFrame, data: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    return protocol_splits(manifest, train_generators(data), data.get("max_per_group"), data.get("seed", 0))
 
 
-def _preprocess(detector: Detector, data: dict[str, Any]) -> Preprocess:
+def preprocess_for(detector: Detector, data: dict[str, Any]) -> Preprocess:
     backbone = detector.backbone
     options = {"image_size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std,
                "resize_mode": data.get("resize_mode", "resize")}
@@ -100,7 +100,7 @@ def _text_features(detector: Detector, frame: pd.DataFrame, data: dict[str, Any]
     return {"text_features": detector.encode_captions(captions_for(frame, data.get("captions")))}
 
 
-def _build(model: dict[str, Any]) -> Detector:
+def build_from_params(model: dict[str, Any]) -> Detector:
     return build_detector(model["method"], backbone=model.get("backbone"), **(model.get("options") or {}))
 
 
@@ -136,11 +136,11 @@ def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str
     sha256 so the cache stays valid whatever order later nodes read it in. Returns empty tensors
     for methods that fine-tune the backbone.
     """
-    detector = _build(model)
+    detector = build_from_params(model)
     if not detector.frozen_backbone:
         return {"features": torch.zeros(0), "row_sha256": torch.zeros(0, dtype=torch.uint8)}
-    preprocess = _preprocess(detector, data)
-    frames = _splits(manifest, data)
+    preprocess = preprocess_for(detector, data)
+    frames = protocol_frames(manifest, data)
     rows = pd.concat(frames.values()).drop_duplicates("path").reset_index(drop=True)
     cache = {"features": encode_rows(detector, rows, preprocess), "row_sha256": _sha_tensor(rows)}
     test = frames["test"].drop_duplicates("path").reset_index(drop=True)
@@ -185,9 +185,9 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
     # two runs of the same config start from different weights (torch seeds each process randomly).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        detector = _build(model)
-    preprocess = _preprocess(detector, data)
-    frames = _splits(manifest, data)
+        detector = build_from_params(model)
+    preprocess = preprocess_for(detector, data)
+    frames = protocol_frames(manifest, data)
     train_extras = _text_features(detector, frames["train"], data)
     val_extras = _text_features(detector, frames["val"], data)
     if _has_features(features):
@@ -264,7 +264,7 @@ def evaluate_detector(detector: LoadedDetector, manifest: pd.DataFrame, features
 
     threshold = float(evaluation.get("threshold", 0.5))
     batch_size = int(evaluation.get("batch_size", 128))
-    test = _splits(manifest, data)["test"]
+    test = protocol_frames(manifest, data)["test"]
     if test.empty:
         raise DataValidationError("the test split is empty: nothing to evaluate (check data.split_fractions)")
     detector.model.eval()
