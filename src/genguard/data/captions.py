@@ -33,6 +33,8 @@ from PIL import Image
 from genguard.data.manifest import DataValidationError
 
 CAPTION_KINDS = ("template", "file")
+# Template captions by file content (sha256): NS-Net and DGS-Net in one benchmark caption the same files.
+_TEMPLATE_BY_CONTENT: dict[str, str] = {}
 _HUES = ((15, "red"), (45, "orange"), (70, "yellow"), (160, "green"), (200, "teal"), (255, "blue"),
          (290, "purple"), (335, "pink"), (360, "red"))
 
@@ -120,11 +122,11 @@ def captions_for(frame: pd.DataFrame, cfg: dict[str, Any] | None) -> list[str]:
     if kind == "template":
         from genguard.data.transforms import load_rgb
 
-        cache: dict[str, str] = {}
-        for path, sha in zip(paths, frame["sha256"] if "sha256" in frame else paths, strict=True):
-            if sha not in cache:
-                cache[sha] = template_caption(load_rgb(path))
-        return [cache[sha] for sha in (frame["sha256"] if "sha256" in frame else paths)]
+        keys = frame["sha256"].tolist() if "sha256" in frame else list(paths)
+        for path, key in zip(paths, keys, strict=True):
+            if key not in _TEMPLATE_BY_CONTENT:  # each file decoded once per process, whichever detector asks
+                _TEMPLATE_BY_CONTENT[key] = template_caption(load_rgb(path))
+        return [_TEMPLATE_BY_CONTENT[key] for key in keys]
     if not cfg.get("path"):
         raise ValueError("captions.kind 'file' needs captions.path (a JSON file or a folder of <split>.json)")
     find = _lookup(_caption_tables(Path(cfg["path"])))

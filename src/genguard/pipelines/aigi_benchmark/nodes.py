@@ -55,7 +55,7 @@ def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchma
         entry = by_key.get(key)
         if entry is None:
             started = time.perf_counter()
-            cache = detector_nodes.cache_features(manifest, model, data, perturbations)
+            cache = detector_nodes.cache_features(manifest, model, data, perturbations, detector=detector)
             entry = by_key[key] = {"cache": cache, "seconds": time.perf_counter() - started, "detectors": [],
                                    "images_encoded": int(sum(v.shape[0] for k, v in cache.items()
                                                              if k.startswith("features")))}

@@ -128,15 +128,16 @@ def _sha_tensor(frame: pd.DataFrame) -> torch.Tensor:
 
 
 def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str, Any],
-                   perturbations: list[str] | tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+                   perturbations: list[str] | tuple[str, ...] = (),
+                   detector: Detector | None = None) -> dict[str, torch.Tensor]:
     """Frozen backbones: encode every row once; training and evaluation reuse it.
 
     Clean features cover every split (key ``features``); each test-time degradation in
     ``perturbations`` is encoded once for the test rows (``features@<name>``). Rows are keyed by
     sha256 so the cache stays valid whatever order later nodes read it in. Returns empty tensors
-    for methods that fine-tune the backbone.
+    for methods that fine-tune the backbone. ``detector``: one already built from ``model`` (not rebuilt).
     """
-    detector = build_from_params(model)
+    detector = detector if detector is not None else build_from_params(model)
     if not detector.frozen_backbone:
         return {"features": torch.zeros(0), "row_sha256": torch.zeros(0, dtype=torch.uint8)}
     preprocess = preprocess_for(detector, data)
