@@ -110,11 +110,8 @@ def benchmark_detector(manifest: pd.DataFrame, shared: dict[str, Any], params: d
                                                          checkpoint_dir)
         scores, metrics, table, figures, _roc = detector_nodes.evaluate_detector(trained, manifest, features,
                                                                                  evaluation, data)
-        log_evaluation(metrics, table, figures)
+        log_evaluation(metrics, table, figures)  # test/mean_acc, test_<condition>/mean_acc, ... per generator
         results = _long_results(method, scores, float(evaluation.get("threshold", 0.5)))
-        for condition, group in results.groupby("condition"):
-            mlflow.log_metrics({f"{condition}/mean_acc": float(group["acc"].mean()),
-                                f"{condition}/mean_ap": float(group["ap"].mean())})
         mlflow.log_metric("benchmark_seconds", time.perf_counter() - started)
     log.info("%s: trained in %.1f s, clean mean acc %.3f", method, summary["seconds"],
              results.loc[results["condition"] == "clean", "acc"].mean())
