@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 # Real photographs for the embedded default dataset (Debian wallpaper packages, unpacked locally;
 # licences recorded in the manifest). Without apt the build falls back to the photos in wheels.
 $(PHOTOS)/.genguard_debian_photos.json: | $(STAMP)
-	$(PY) -m genguard.data.photos --dest $(PHOTOS)
+	$(PY) -m genguard.families.aigi.photos --dest $(PHOTOS)
 
 data: install
 	$(VENV)/bin/kedro run --pipelines=aigi_data

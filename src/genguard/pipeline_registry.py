@@ -1,24 +1,26 @@
-"""Every ``--pipeline`` name. A new AIGI detector is one line in AIGI_DETECTORS."""
+"""Every ``--pipelines`` name, from each family's pipeline package (one list of methods per family).
+
+Adding a method never touches this file: it joins its family's method list, and the family's
+``create_pipelines`` (and DVC stages, and benchmark) follow.
+"""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from genguard.pipelines import aigi_benchmark, aigi_data, detector
+from genguard.pipelines import aigi
 
-#: AI-generated-image detectors: each its own pipeline, and all of them in ``aigi_benchmark``.
-AIGI_DETECTORS: tuple[str, ...] = (
-    "pin_clip",
-    "univfd",
-    "ns_net",
-    "dgs_net",
-)
-DETECTOR_PIPELINES: tuple[str, ...] = AIGI_DETECTORS
+#: Family pipeline packages, in the order ``kedro registry list`` and dvc.yaml show them.
+FAMILY_PIPELINES = (aigi,)
+DEFAULT_PIPELINE = "pin_clip"
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines: dict[str, Pipeline] = {name: detector.create_pipeline(name) for name in DETECTOR_PIPELINES}
-    pipelines["aigi_data"] = aigi_data.create_pipeline()
-    pipelines["aigi_benchmark"] = aigi_benchmark.create_pipeline(AIGI_DETECTORS)
-    pipelines["__default__"] = pipelines["pin_clip"]
+    pipelines: dict[str, Pipeline] = {}
+    for family in FAMILY_PIPELINES:
+        for name, pipeline in family.create_pipelines().items():
+            if name in pipelines:
+                raise ValueError(f"pipeline name {name!r} is defined by two families")
+            pipelines[name] = pipeline
+    pipelines["__default__"] = pipelines[DEFAULT_PIPELINE]
     return pipelines

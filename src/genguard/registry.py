@@ -1,4 +1,4 @@
-"""One tiny registry type, used for detectors (and later attacks, backbones).
+"""One tiny registry type (methods, datasets, evaluators, data sources, conditions, ...).
 
 timm-style: a module defines a factory and decorates it; importing the package registers it;
 callers build by name. Unknown names fail with the list of known ones.
@@ -6,8 +6,9 @@ callers build by name. Unknown names fail with the list of known ones.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -44,3 +45,47 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+# --------------------------------------------------------------------------------------------------
+# Models of every family, rebuilt from the ``init_spec`` they record (model files, DeepSpeed ranks).
+
+FAMILIES_PACKAGE = "genguard.families"
+
+#: Every trainable model of every family, by method name (``build_<method>(**options)`` factories).
+MODELS: Registry[Any] = Registry("method")
+
+
+def import_family(family: str) -> None:
+    """Import ``genguard.families.<family>`` so its models and datasets register themselves.
+
+    The one place the core names the families package: by string, as a plugin, so that core
+    code can rebuild any family's model in a fresh process without importing families itself.
+    """
+    importlib.import_module(f"{FAMILIES_PACKAGE}.{family}")
+
+
+def build_model(init_spec: dict[str, Any]) -> Any:
+    """Rebuild a model from the ``init_spec`` it recorded: ``{"family", "method", **options}``."""
+    spec = dict(init_spec)
+    family = spec.pop("family", None)
+    method = spec.pop("method")
+    if family and method not in MODELS:
+        import_family(family)
+    return MODELS.build(method, **spec)
+
+
+#: Per family: ``load(model_dir) -> object with predict(model_input)``, for the MLflow pyfunc.
+PREDICTORS: Registry[Any] = Registry("predictor")
+
+
+def load_predictor(model_dir: str) -> Any:
+    """The family predictor of a model folder (its ``config.json`` names the family)."""
+    import json
+    from pathlib import Path
+
+    spec = json.loads((Path(model_dir) / "config.json").read_text()).get("init_spec") or {}
+    family = spec.get("family", "aigi")  # format 1 folders were all AIGI detectors
+    if family not in PREDICTORS:
+        import_family(family)
+    return PREDICTORS.build(family, model_dir=model_dir)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genguard.data.transforms import ManifestImages, Preprocess
+from genguard.data.images import ManifestImages, Preprocess
 
 SELECT = {"patch_size": 8, "grid": 4}
 

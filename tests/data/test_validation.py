@@ -14,9 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from genguard.data.layouts import read_layout
-from genguard.data.manifest import BadFile, DataValidationError, normalise_manifest, sha256_file
+from genguard.data.manifest import BadFile, DataValidationError, image_schema, normalise_manifest, sha256_file
 from genguard.data.validation import validate_manifest
+
+# A family-like schema: images grouped by generator; no file and no source photo in two splits.
+SCHEMA = image_schema("test", {"generator": "str"}, group_column="generator", leakage_groups=("sha256", "origin"),
+                      sort_by=("split", "generator", "label", "path"))
 
 _counter = itertools.count()
 
@@ -40,11 +43,12 @@ def _manifest(tmp_path: Path, per_class: int = 2) -> pd.DataFrame:
     """A valid manifest: ``per_class`` real and fake images in each of train, val, test."""
     rows = [_row(_image(tmp_path / "data" / f"{split}_{label}_{i}.png"), label, split)
             for split in ("train", "val", "test") for label in (0, 1) for i in range(per_class)]
-    return normalise_manifest(pd.DataFrame(rows))
+    return normalise_manifest(pd.DataFrame(rows), SCHEMA)
 
 
 def _validate(manifest, bad_files=(), tmp_path=None, **kw):
     kw.setdefault("expectations", False)
+    kw.setdefault("schema", SCHEMA)
     return validate_manifest(manifest, list(bad_files), report_path=tmp_path / "report.json", **kw)
 
 
@@ -83,10 +87,10 @@ def test_duplicate_across_splits_fails_naming_both_paths(tmp_path):
     with pytest.raises(DataValidationError) as err:
         _validate(manifest, tmp_path=tmp_path)
     message = str(err.value)
-    assert "no_split_leakage" in message
+    assert "no_split_leakage:sha256" in message
     assert str(train_file) in message and str(leaked) in message
     assert str(tmp_path / "report.json") in message
-    leak = _check(_report(tmp_path), "no_split_leakage")
+    leak = _check(_report(tmp_path), "no_split_leakage:sha256")
     assert not leak["success"]
     assert {r["path"] for r in leak["offending"]} == {str(train_file), str(leaked)}
 
@@ -94,7 +98,7 @@ def test_duplicate_across_splits_fails_naming_both_paths(tmp_path):
 def test_missing_class_in_train_fails(tmp_path):
     manifest = _manifest(tmp_path)
     manifest = manifest[~((manifest["split"] == "train") & (manifest["label"] == 1))]
-    with pytest.raises(DataValidationError, match="both_classes_in_train") as err:
+    with pytest.raises(DataValidationError, match="classes_in_train") as err:
         _validate(manifest, tmp_path=tmp_path)
     assert "label=1" in str(err.value)
 
@@ -181,20 +185,6 @@ def test_unknown_bad_file_policy_names_the_choices(tmp_path):
         _validate(_manifest(tmp_path), tmp_path=tmp_path, on_bad_file="ignore")
 
 
-def test_read_then_validate_end_to_end(tmp_path):
-    root = tmp_path / "gan"
-    for split in ("train", "test"):
-        for cls in ("real", "fake"):
-            for i in range(2):
-                _image(root / split / cls / f"{i}.png")
-    (root / "train" / "fake" / "empty.png").write_bytes(b"")
-    manifest, bad = read_layout(root, progress=False, split_fractions={"train": 1.0})
-    with pytest.raises(DataValidationError, match=r"empty\.png: empty file"):
-        _validate(manifest, bad, tmp_path=tmp_path)
-    validated, _ = _validate(manifest, bad, tmp_path=tmp_path, on_bad_file="exclude")
-    assert validated.groupby("split").size().to_dict() == {"test": 4, "train": 4}
-
-
 # --------------------------------------------------------------------------------------------------
 # Great Expectations engine: one test, so the GX import (seconds) is paid once. Select with `-k gx`.
 
@@ -223,7 +213,8 @@ def test_gx_and_pandas_engines_agree(tmp_path):
         for expectations in (False, True):
             report_path = tmp_path / f"{name}_{expectations}.json"
             with contextlib.suppress(DataValidationError):
-                validate_manifest(manifest, [], report_path=report_path, expectations=expectations)
+                validate_manifest(manifest, [], schema=SCHEMA, report_path=report_path,
+                                  expectations=expectations)
             outcomes[expectations] = json.loads(report_path.read_text())
         pandas_report, gx_report = outcomes[False], outcomes[True]
         assert gx_report["engine"] == "great_expectations"
@@ -232,3 +223,44 @@ def test_gx_and_pandas_engines_agree(tmp_path):
             assert pandas_check["name"] == gx_check["name"]
             assert pandas_check["success"] == gx_check["success"], (name, gx_check["name"])
             assert pandas_check["offending"] == gx_check["offending"], (name, gx_check["name"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Groups and family columns
+
+
+def test_a_group_shared_by_two_splits_fails_even_when_every_file_differs(tmp_path):
+    """Two crops of one photo (different files, same origin) in train and test: leakage by group."""
+    manifest = _manifest(tmp_path)
+    manifest["origin"] = [f"photo{i}" for i in range(len(manifest))]
+    train_row = manifest.index[manifest["split"] == "train"][0]
+    test_row = manifest.index[manifest["split"] == "test"][0]
+    manifest.loc[test_row, "origin"] = manifest.loc[train_row, "origin"]
+    with pytest.raises(DataValidationError, match="no_split_leakage:origin") as err:
+        _validate(manifest, tmp_path=tmp_path)
+    assert manifest.loc[train_row, "path"] in str(err.value) and manifest.loc[test_row, "path"] in str(err.value)
+    assert _check(_report(tmp_path), "no_split_leakage:sha256")["success"]
+    manifest.loc[test_row, "origin"] = ""  # rows without a group (a folder that records none) never leak
+    _validate(manifest, tmp_path=tmp_path)
+
+
+def test_family_columns_survive_normalisation_and_validation(tmp_path):
+    manifest = _manifest(tmp_path)
+    manifest["video_id"] = [f"v{i // 2}" for i in range(len(manifest))]
+    manifest["frame_index"] = np.arange(len(manifest)) % 2
+    normalised = normalise_manifest(manifest, SCHEMA)
+    assert list(normalised.columns[:len(SCHEMA.column_names)]) == list(SCHEMA.column_names)
+    assert {"video_id", "frame_index"} <= set(normalised.columns)
+    validated, _ = _validate(manifest, tmp_path=tmp_path)
+    assert {"video_id", "frame_index"} <= set(validated.columns)
+
+
+def test_multiclass_schema_accepts_class_indices_and_requires_them_in_train(tmp_path):
+    schema = image_schema("clips", {"generator": "str"}, group_column="generator", leakage_groups=("sha256",),
+                          sort_by=("split", "label", "path"), label_values=(0, 1, 2))
+    manifest = _manifest(tmp_path)
+    manifest.loc[manifest.groupby("split").head(1).index, "label"] = 2  # class 2 in every split
+    _validate(manifest, tmp_path=tmp_path, schema=schema)
+    manifest.loc[manifest["split"] == "train", "label"] = 0
+    with pytest.raises(DataValidationError, match="classes_in_train"):
+        _validate(manifest, tmp_path=tmp_path, schema=schema)

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from genguard.evaluation.leaderboard import LeaderboardError
-from genguard.pipeline_registry import AIGI_DETECTORS
-from genguard.pipelines.aigi_benchmark import nodes
+from genguard.families.aigi import DETECTORS as AIGI_DETECTORS
+from genguard.pipelines.aigi import benchmark as nodes
 
 from .conftest import run_session
 
@@ -28,16 +28,18 @@ def benchmarked(project):
 def test_leaderboard_covers_every_detector_generator_and_condition(benchmarked):
     report = benchmarked / "data" / "08_reporting" / "aigi_benchmark"
     board = pd.read_csv(report / "leaderboard.csv")
-    assert sorted(board["detector"].unique()) == sorted(AIGI_DETECTORS)
+    assert sorted(board["system"].unique()) == sorted(AIGI_DETECTORS)
     assert len(board) == len(AIGI_DETECTORS) * len(CONDITIONS)
     for generator in GENERATORS:
         assert board[f"{generator}/acc"].notna().all() and board[f"{generator}/ap"].notna().all()
     markdown = (report / "leaderboard.md").read_text()
     assert all(name in markdown for name in [*AIGI_DETECTORS, *GENERATORS, "gan_upsampler (train)"])
     assert {p.name for p in (report / "plots").glob("*.png")} == {"heatmap_acc.png", "heatmap_ap.png"}
-    metrics = json.loads((report / "leaderboard_metrics.json").read_text())
-    assert set(metrics["leaderboard"]) == set(AIGI_DETECTORS)
-    assert metrics["shared_features"]["frozen_detectors"] == ["univfd"]
+    metrics = json.loads((report / "leaderboard_metrics.json").read_text())  # small: what `dvc metrics show` prints
+    assert set(metrics) == set(AIGI_DETECTORS)
+    assert all(set(values) == {"rank", "mean_acc", "mean_ap", "held_out_acc", "held_out_ap"}
+               for values in metrics.values())
+    assert sorted(values["rank"] for values in metrics.values()) == [1, 2, 3, 4]
     records = json.loads((report / "leaderboard_plot.json").read_text())["leaderboard"]
     assert len(records) == len(AIGI_DETECTORS) * len(CONDITIONS) * (len(GENERATORS) + 1)
 
@@ -54,7 +56,9 @@ def test_one_parent_run_with_a_child_run_per_detector(benchmarked):
     parents = {run.data.tags["mlflow.parentRunId"] for run in latest.values()}
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
-    assert "univfd/clean/mean_acc" in parent.data.metrics
+    assert "univfd/mean_acc" in parent.data.metrics
+    shared = json.loads(open(client.download_artifacts(parent.info.run_id, "leaderboard/shared_features.json")).read())
+    assert shared["frozen_detectors"] == ["univfd"]
     assert "leaderboard/leaderboard.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "leaderboard")}
     for run in latest.values():  # the shared evaluation logger: clean and every condition
         assert {"test/mean_acc", "test_jpeg_75/mean_acc", "test_blur_1/mean_ap"} <= set(run.data.metrics)
@@ -72,7 +76,7 @@ def test_a_generator_without_results_fails_the_leaderboard(benchmarked):
     manifest = pd.read_parquet(benchmarked / "data" / "03_primary" / "aigi_benchmark" / "manifest.parquet")
     results = [pd.DataFrame({"detector": ["univfd"], "condition": ["clean"], "generator": [g], "acc": [0.5],
                              "r_acc": [0.5], "f_acc": [0.5], "ap": [0.5]}) for g in GENERATORS[:3]]
-    data = {"source": "embedded", "embedded": {"train_generators": ["gan_upsampler"]}}
+    data = {"source": "embedded", "embedded": {}}
     shared = {"report": {}}
     with pytest.raises(LeaderboardError, match="vae_recon"):
         nodes.build_leaderboard(manifest, data, {"conditions": ["clean"]}, shared, pd.concat(results))
@@ -87,7 +91,6 @@ def test_frozen_detectors_with_one_backbone_and_input_share_one_feature_cache(be
     monkeypatch.chdir(benchmarked)
     manifest = pd.read_parquet(benchmarked / "data" / "03_primary" / "aigi_benchmark" / "manifest.parquet")
     data = yaml.safe_load((benchmarked / "conf" / "base" / "parameters.yml").read_text())["data"]
-    data["embedded"]["train_generators"] = ["gan_upsampler"]
     backbone = {"name": "genguard-tiny-vit", "pretrained": None}
     univfd = {"method": "univfd", "backbone": backbone, "options": {}}
     frozen_ns = {"method": "ns_net", "backbone": backbone,  # NS-Net's frozen-encoder option, same input

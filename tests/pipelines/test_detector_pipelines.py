@@ -35,9 +35,12 @@ def _client(project: Path) -> MlflowClient:
 @pytest.mark.parametrize("method", METHODS)
 def test_pipeline_writes_model_metrics_and_plots(trained, method):
     report = trained / "data" / "08_reporting" / method
-    metrics = json.loads((report / "metrics.json").read_text())
-    assert {row["generator"] for row in metrics["per_generator"]} >= GENERATORS  # + the "mean" row
-    assert 0.0 <= metrics["mean_acc"] <= 1.0 and "jpeg_75" in metrics["perturbations"]
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    assert {row["generator"] for row in evaluation["per_group"]} >= GENERATORS  # + the "mean" row
+    assert 0.0 <= evaluation["mean_acc"] <= 1.0 and "jpeg_75" in evaluation["conditions"]
+    metrics = json.loads((report / "metrics.json").read_text())  # what `dvc metrics show` prints: a few numbers
+    assert set(metrics) == {"auc", "mean_acc", "mean_ap", "held_out_mean_acc", "held_out_mean_ap"}
+    assert metrics["mean_acc"] == pytest.approx(evaluation["mean_acc"], abs=1e-6)
     assert {p.name for p in (report / "plots").glob("*.png")} >= {"roc_curve.png", "score_histogram.png",
                                                                    "confusion_matrix.png"}
     assert json.loads((report / "roc.json").read_text())["roc"][0] == {"fpr": 0.0, "tpr": 0.0}
@@ -54,7 +57,7 @@ def test_frozen_backbone_features_are_cached_once(trained):
     manifest = pd.read_parquet(trained / "data" / "03_primary" / "univfd" / "manifest.parquet")
     from genguard.data.splits import protocol_splits
 
-    used = pd.concat(protocol_splits(manifest, ["gan_upsampler"]).values())
+    used = pd.concat(protocol_splits(manifest, group_column="generator", train_groups=["gan_upsampler"]).values())
     assert cache["features"].shape[0] == len(used) < len(manifest)  # each used image encoded once
     assert load_file(str(trained / "data" / "04_feature" / "pin_clip" / "features.safetensors"))[
         "features"].numel() == 0  # fine-tuned backbone: nothing to cache
@@ -84,7 +87,7 @@ def test_registered_champion_loads_back_and_reproduces_pipeline_scores(trained, 
     """Includes NS-Net, which classifies with each image's caption: the model captions the images itself."""
     _client(trained)
     scores = pd.read_parquet(trained / "data" / "07_model_output" / method / "scores.parquet")
-    clean = scores[scores["perturbation"] == "clean"].head(8)
+    clean = scores[scores["condition"] == "clean"].head(8)
     os.chdir(trained)  # manifest paths are relative to the project
     try:
         model = mlflow.pyfunc.load_model(f"models:/genguard-{method}@champion")
@@ -160,7 +163,7 @@ def test_same_seed_same_data_gives_identical_metrics(trained, tmp_path):
     """Train + evaluate PiN-CLIP twice from scratch (fresh checkpoint folders): identical metrics."""
     import yaml
 
-    from genguard.pipelines.detector import nodes
+    from genguard.pipelines.aigi import nodes
 
     conf = trained / "conf"
     params = yaml.safe_load((conf / "base" / "parameters_pin_clip.yml").read_text())["pin_clip"]
@@ -172,9 +175,9 @@ def test_same_seed_same_data_gives_identical_metrics(trained, tmp_path):
         runs = []
         for attempt in range(2):
             features = nodes.cache_features(manifest, params["model"], data)
-            detector, _ = nodes.train_detector(manifest, features, params["model"], params["train"], data,
-                                               str(tmp_path / f"ckpt{attempt}"))
-            _, summary, _, _, _ = nodes.evaluate_detector(detector, manifest, features, {"perturbations": []}, data)
+            detector, _ = nodes.train_detector(manifest, features, params["model"], params["train"], params["augment"],
+                                               data, str(tmp_path / f"ckpt{attempt}"))
+            _, summary, *_ = nodes.evaluate_detector(detector, manifest, features, {"conditions": []}, data)
             runs.append(summary)
     finally:
         os.chdir(ROOT)

@@ -93,3 +93,30 @@ def test_every_stage_runs_a_registered_pipeline_on_existing_code_and_params():
                     node = document
                     for part in key.split("."):
                         node = node[part]  # KeyError names a stale params key
+
+
+def test_dvc_yaml_is_what_the_pipeline_registry_generates(monkeypatch, tmp_path):
+    """One list of methods: dvc.yaml follows the registry, and a test fails when they disagree."""
+    from genguard import dvc_stages
+    from genguard.families.aigi import DETECTORS
+
+    assert dvc_stages.main(["--check"]) == 0
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {*DETECTORS, "aigi_data", "aigi_benchmark"} == set(stages)
+    # a hand-edited dvc.yaml (a stage dropped) is caught
+    stale = tmp_path / "dvc.yaml"
+    document = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    document["stages"].pop("ns_net")
+    stale.write_text(yaml.safe_dump(document))
+    monkeypatch.setattr(dvc_stages, "DVC_FILE", stale)
+    assert dvc_stages.main(["--check"]) == 1
+
+
+def test_each_detector_stage_depends_on_its_own_method_and_the_shared_code_only():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = set(stages["ns_net"]["deps"])
+    assert "src/genguard/families/aigi/methods/ns_net.py" in deps
+    assert "src/genguard/families/aigi/methods/pin_clip.py" not in deps  # another method's edit reruns nothing here
+    for core in ("training", "evaluation", "data", "io", "tracking", "models"):
+        assert f"src/genguard/{core}" in deps
+    assert {"conf/base/parameters_ns_net.yml": ["ns_net"]} in stages["ns_net"]["params"]

@@ -4,8 +4,8 @@ import pytest
 from kedro.config import OmegaConfigLoader
 
 from genguard import settings
-from genguard.methods.pin_clip import PiNCLIPConfig
-from genguard.training.engine import TrainConfig
+from genguard.families.aigi.methods.pin_clip import PiNCLIPConfig
+from genguard.training import TrainConfig
 
 from .conftest import ROOT
 
@@ -32,8 +32,8 @@ def test_gpu_profile_is_paper_scale_and_keeps_base_keys():
 
 
 def test_gpu_profile_for_ns_net_and_dgs_net_is_the_papers_setup():
-    from genguard.methods.dgs_net import DGSNetConfig
-    from genguard.methods.ns_net import NSNetConfig
+    from genguard.families.aigi.methods.dgs_net import DGSNetConfig
+    from genguard.families.aigi.methods.ns_net import NSNetConfig
 
     base, gpu = _params("base"), _params("gpu")
     for method, config in (("ns_net", NSNetConfig), ("dgs_net", DGSNetConfig)):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from genguard.pipelines.detector.nodes import ingest_images, protocol_frames
+from genguard.pipelines.aigi.nodes import ingest_images, protocol_frames
 
 
 def _subset(root: Path, subset: str, shade: int, n: int = 3) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +18,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import genguard.io
-
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from genguard.evaluation.metrics import per_generator_table, summarise  # noqa: E402
+from genguard.evaluation.grouping import group_table, summarise  # noqa: E402
+from genguard.registry import PREDICTORS  # noqa: E402
 from genguard.tracking.mlflow_tracking import (  # noqa: E402
     active_or_new_run,
     default_tracking_uri,
@@ -34,18 +31,26 @@ from genguard.tracking.mlflow_tracking import (  # noqa: E402
     log_params_flat,
     safe_metric_name,
 )
-from genguard.tracking.registry import log_and_register_detector  # noqa: E402
+from genguard.tracking.registry import log_and_register_model  # noqa: E402
 
 
-class _StandInDetector:
-    """Plays the part of model_store's detector: P(fake) = mean pixel / 255 + offset from its folder."""
+class _StandInPredictor:
+    """Plays a family's predictor: P(fake) = mean pixel / 255 + the offset its folder stores."""
 
     def __init__(self, model_dir: str) -> None:
         self.offset = json.loads((Path(model_dir) / "config.json").read_text())["offset"]
 
-    def predict_proba(self, images, captions=None) -> np.ndarray:
+    def predict(self, model_input) -> np.ndarray:
+        if isinstance(model_input, pd.DataFrame):
+            images = [np.asarray(Image.open(path).convert("RGB")) for path in model_input["path"]]
+        else:
+            images = list(np.asarray(model_input))
         means = np.array([np.asarray(image, dtype=np.float64).mean() for image in images])
         return np.clip(means / 255.0 + self.offset, 0.0, 1.0)
+
+
+if "standin" not in PREDICTORS:
+    PREDICTORS.register("standin")(_StandInPredictor)
 
 
 def _seed_migrated_db(pytestconfig: pytest.Config, target: Path) -> None:
@@ -66,15 +71,9 @@ def tracking(tmp_path_factory, pytestconfig):
     _seed_migrated_db(pytestconfig, root / "mlflow.db")
     uri = f"sqlite:///{root}/mlflow.db"
     previous_uri = mlflow.get_tracking_uri()
-    stand_in = types.ModuleType("genguard.io.model_store")
-    stand_in.load_detector = _StandInDetector
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        # Replace model_store wholesale (module and package attribute) so the pyfunc's
-        # `from genguard.io import model_store` finds the stand-in without importing torch.
-        patch.setitem(sys.modules, "genguard.io.model_store", stand_in)
-        patch.setattr(genguard.io, "model_store", stand_in, raising=False)
         mlflow.set_tracking_uri(uri)
         experiment_id = ensure_experiment("genguard-tests", root / "artifacts")
         mlflow.set_experiment(experiment_id=experiment_id)
@@ -87,7 +86,7 @@ def tracking(tmp_path_factory, pytestconfig):
 def _detector_dir(parent: Path, name: str, offset: float) -> Path:
     folder = parent / name
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"offset": offset}))
+    (folder / "config.json").write_text(json.dumps({"init_spec": {"family": "standin"}, "offset": offset}))
     (folder / "weights.safetensors").write_bytes(b"not really tensors")
     return folder
 
@@ -120,7 +119,7 @@ def test_champion_moves_only_on_improvement(tracking, tmp_path):
     name = "det-aliases"
 
     def register(folder: str, value: float) -> dict:
-        return log_and_register_detector(_detector_dir(tmp_path, folder, 0.0), registered_model_name=name,
+        return log_and_register_model(_detector_dir(tmp_path, folder, 0.0), registered_model_name=name,
                                          validation_metric="val/mean_acc", validation_value=value,
                                          pip_requirements=[])
 
@@ -150,16 +149,32 @@ def test_lower_is_better_direction(tracking, tmp_path):
     name = "det-loss"
     kwargs = dict(registered_model_name=name, validation_metric="val/loss", greater_is_better=False,
                   pip_requirements=[])
-    log_and_register_detector(_detector_dir(tmp_path, "a", 0.0), validation_value=0.5, **kwargs)
-    assert log_and_register_detector(_detector_dir(tmp_path, "b", 0.0), validation_value=0.6, **kwargs)[
+    log_and_register_model(_detector_dir(tmp_path, "a", 0.0), validation_value=0.5, **kwargs)
+    assert log_and_register_model(_detector_dir(tmp_path, "b", 0.0), validation_value=0.6, **kwargs)[
         "champion_version"] == 1
-    assert log_and_register_detector(_detector_dir(tmp_path, "c", 0.0), validation_value=0.4, **kwargs)[
+    assert log_and_register_model(_detector_dir(tmp_path, "c", 0.0), validation_value=0.4, **kwargs)[
         "champion_version"] == 3
+
+
+def test_versions_selected_on_different_metrics_prefer_validation(tracking, tmp_path):
+    """A run without a validation split (selected on train/loss) never displaces a validated champion;
+    a validated version displaces a champion that was not validated."""
+    name = "det-metrics"
+
+    def register(folder, metric, value, greater):
+        return log_and_register_model(_detector_dir(tmp_path, folder, 0.0), registered_model_name=name,
+                                      validation_metric=metric, validation_value=value, greater_is_better=greater,
+                                      pip_requirements=[])
+
+    assert register("t1", "train/loss", 0.3, False)["champion_version"] == 1
+    assert register("v2", "val/auc", 0.6, True)["champion_version"] == 2       # validated beats unvalidated
+    assert register("t3", "train/loss", 0.01, False)["champion_version"] == 2  # and is not displaced by it
+    assert register("v4", "val/ap", 0.99, True)["champion_version"] == 2       # other val metric: not comparable
 
 
 def test_champion_round_trip_through_pyfunc(tracking, tmp_path):
     name = "det-roundtrip"
-    log_and_register_detector(_detector_dir(tmp_path, "m", 0.25), registered_model_name=name,
+    log_and_register_model(_detector_dir(tmp_path, "m", 0.25), registered_model_name=name,
                               validation_metric="val/acc", validation_value=0.9, pip_requirements=[])
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     images = np.zeros((3, 8, 8, 3), dtype=np.uint8)
@@ -178,12 +193,12 @@ def test_log_evaluation_metrics_and_artifacts(tracking):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"generator": np.repeat(["sd v1.4", "progan"], 50),
                           "label": rng.integers(0, 2, 100), "score": rng.random(100)})
-    summary = summarise(frame)
-    table = per_generator_table(frame)
+    summary = summarise(frame, "generator")
+    table = group_table(frame, "generator")
     figures = {"roc": b"\x89PNG fake", "confusion.png": b"\x89PNG fake"}
     with active_or_new_run("genguard-eval", "eval") as run:
-        logged = log_evaluation(summary, table, figures)
-        log_evaluation(summary, table, figures, prefix="jpeg_75")
+        logged = log_evaluation(summary, table, figures, group_column="generator")
+        log_evaluation(summary, table, figures, prefix="jpeg_75", group_column="generator")
 
     client = MlflowClient()
     metrics = client.get_run(run.info.run_id).data.metrics
@@ -203,7 +218,7 @@ def test_log_evaluation_metrics_and_artifacts(tracking):
 
 def test_log_evaluation_needs_a_run(tracking):
     with pytest.raises(RuntimeError, match="no active MLflow run"):
-        log_evaluation({}, pd.DataFrame({"generator": []}), {})
+        log_evaluation({}, pd.DataFrame({"generator": []}), {}, group_column="generator")
 
 
 def test_log_params_flat_skips_duplicates_and_refuses_changes(tracking):

@@ -1,18 +1,20 @@
-"""The manifest: one row per image, the unit every AIGI/face pipeline versions and validates.
+"""The manifest: one row per example, the unit every pipeline versions, validates and splits.
 
-Columns (all required):
+A family describes its rows with a :class:`ManifestSchema`: the columns it requires (with dtypes,
+in order), the labels it allows, the column its evaluation groups by, and the *group* columns
+whose values must never cross splits (a file hash, a source photo, a video, an identity).
+:func:`normalise_manifest` fixes the order and dtypes of the schema's columns and keeps every other
+column after them: a column the core does not know (``video_id``, ``frame_index``, ``prompt``)
+survives, it is never dropped.
+
+Core columns of file-backed manifests (:data:`FILE_COLUMNS`):
     path      str   file path (absolute, or relative to the project root)
-    label     int   0 = real, 1 = fake
-    generator str   the subset the row belongs to (ForenSynths/UFD: the ``<generator>`` folder;
-                    GenImage: the generator folder; embedded default: the generator family). Reals
-                    carry the subset they were published with, so per-generator metrics compare a
-                    generator's fakes against that subset's reals, as the published protocols do.
+    label     int   the class (binary families: 0 = real, 1 = fake)
     split     str   train | val | test
     sha256    str   hex digest of the file bytes (duplicate / leakage detection)
-    width     int   pixels
-    height    int   pixels
     source    str   provenance (package/photo id, or the folder it was read from)
-    licence   str   licence of the file, "unknown" when the layout does not say
+    licence   str   licence of the file, "unknown" when the source does not say
+Image manifests add ``width`` and ``height`` (pixels).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path", "label", "generator", "split", "sha256", "width", "height", "source", "licence",
-)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+
+FILE_COLUMNS: dict[str, str] = {"path": "str", "label": "int64", "split": "str", "sha256": "str",
+                                "source": "str", "licence": "str"}
+IMAGE_COLUMNS: dict[str, str] = {**FILE_COLUMNS, "width": "int64", "height": "int64"}
 
 
 class DataValidationError(ValueError):
@@ -45,6 +48,36 @@ class BadFile:
         return f"{self.path}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class ManifestSchema:
+    """What a family's manifest rows must hold; see the module docstring."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]                 # (column, dtype "str" | "int64"), required, in order
+    group_column: str                                    # what evaluation groups by (AIGI: generator)
+    label_values: tuple[int, ...] | None = (0, 1)        # None: any non-negative integer class
+    leakage_groups: tuple[str, ...] = ("sha256",)        # no value of these columns in two splits
+    sort_by: tuple[str, ...] = ("split", "label", "path")
+    file_column: str | None = "path"
+    size_columns: tuple[str, str] | None = ("width", "height")
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    def empty(self) -> pd.DataFrame:
+        return pd.DataFrame({name: pd.Series(dtype="int64" if dtype == "int64" else "object")
+                             for name, dtype in self.columns})
+
+
+def image_schema(name: str, extra: dict[str, str], *, group_column: str, leakage_groups: tuple[str, ...],
+                 sort_by: tuple[str, ...], label_values: tuple[int, ...] | None = (0, 1)) -> ManifestSchema:
+    """A schema for image rows: the core file + size columns, then the family's own."""
+    columns = {**IMAGE_COLUMNS, **extra}
+    return ManifestSchema(name=name, columns=tuple(columns.items()), group_column=group_column,
+                          label_values=label_values, leakage_groups=leakage_groups, sort_by=sort_by)
+
+
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -53,19 +86,16 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def empty_manifest() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("label", "width", "height") else "object")
-                         for c in MANIFEST_COLUMNS})
-
-
-def normalise_manifest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Column order and dtypes fixed, so parquet files of equal content are byte-stable."""
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+def normalise_manifest(frame: pd.DataFrame, schema: ManifestSchema) -> pd.DataFrame:
+    """Schema columns first (order and dtypes fixed), every other column kept after them; rows sorted,
+    so parquet files of equal content are byte-stable."""
+    missing = [c for c in schema.column_names if c not in frame.columns]
     if missing:
-        raise DataValidationError(f"manifest lacks columns {missing}; expected {list(MANIFEST_COLUMNS)}")
-    out = frame.loc[:, list(MANIFEST_COLUMNS)].copy()
-    for column in ("label", "width", "height"):
-        out[column] = out[column].astype("int64")
-    for column in ("path", "generator", "split", "sha256", "source", "licence"):
-        out[column] = out[column].astype(str)
-    return out.sort_values(["split", "generator", "label", "path"], kind="stable").reset_index(drop=True)
+        raise DataValidationError(f"{schema.name} manifest lacks columns {missing}; "
+                                  f"expected {list(schema.column_names)} (plus any family columns)")
+    others = [c for c in frame.columns if c not in schema.column_names]
+    out = frame.loc[:, [*schema.column_names, *others]].copy()
+    for column, dtype in schema.columns:
+        out[column] = out[column].astype("int64") if dtype == "int64" else out[column].astype(str)
+    sort_by = [c for c in schema.sort_by if c in out.columns]
+    return out.sort_values(sort_by, kind="stable").reset_index(drop=True)

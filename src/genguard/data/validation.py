@@ -1,24 +1,26 @@
 """Validate a manifest before training: one verdict, one JSON report, an error that names the files.
 
-``validate_manifest`` runs these checks (names as in the report):
+The checks come from the family's :class:`~genguard.data.manifest.ManifestSchema` (names as in the
+report):
 
-    columns               every manifest column is present (precondition: nothing else runs without it)
+    columns               every schema column is present (precondition: nothing else runs without it)
     not_empty             at least one row
-    paths_exist           every ``path`` exists (relative paths: relative to the working directory,
-                          which is the project root under Kedro)
+    paths_exist           every ``path`` exists (file-backed schemas; relative paths: relative to the
+                          working directory, which is the project root under Kedro)
     unique_paths          no path listed twice
-    label_values          label is 0 or 1, never null
+    label_values          label is one of the schema's labels (binary: 0 or 1), never null
     split_values          split is train, val or test, never null
-    generator_present     generator is set (null, "", "nan", "None" and "<NA>" count as missing: the
-                          last three are what ``astype(str)`` makes of a null)
-    image_size            width and height are numbers within [min_side, max_side]
+    <group>_present       the schema's group column (AIGI: generator) is set (null, "", "nan", "None" and
+                          "<NA>" count as missing: the last three are what ``astype(str)`` makes of a null)
+    image_size            width and height are numbers within [min_side, max_side] (image schemas)
     required_splits       every split in ``require_splits`` has rows
-    both_classes_in_train train holds real (0) and fake (1) images; only when "train" is required, so a
-                          test-only manifest (``require_splits=("test",)``) can be validated for evaluation
-    no_split_leakage      no sha256 in two splits (the same image trained on and tested on)
-    bad_files             the ``BadFile``s from reading the folder (see ``on_bad_file``)
+    classes_in_train      train holds every class; only when "train" is required, so a test-only
+                          manifest (``require_splits=("test",)``) can be validated for evaluation
+    no_split_leakage:<c>  for each of the schema's group columns (a file hash, a source photo, a video,
+                          an identity): no value in two splits, i.e. nothing trained on is tested on
+    bad_files             the ``BadFile``s from reading the source (see ``on_bad_file``)
 
-With ``expectations=True`` the single-table checks (not_empty .. both_classes_in_train, except
+With ``expectations=True`` the single-table checks (not_empty .. classes_in_train, except
 paths_exist) run as one Great Expectations 1.x suite in an ephemeral context; paths_exist,
 no_split_leakage and bad_files run in pandas because GX has neither a file-system nor a cross-split
 uniqueness expectation. ``expectations=False`` runs every check in pandas (fast: GX costs seconds to
@@ -41,7 +43,7 @@ from typing import Any
 
 import pandas as pd
 
-from genguard.data.manifest import MANIFEST_COLUMNS, SPLITS, BadFile, DataValidationError, normalise_manifest
+from genguard.data.manifest import SPLITS, BadFile, DataValidationError, ManifestSchema, normalise_manifest
 from genguard.io.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ _MISSING_TEXT_REGEX = r"^\s*(?:nan|None|<NA>)?\s*$"
 
 @dataclass
 class _Settings:
+    schema: ManifestSchema
     min_side: int
     max_side: int
     require_splits: tuple[str, ...]
@@ -84,7 +87,7 @@ class _Check:
 
 
 def _rows(frame: pd.DataFrame, mask: pd.Series, columns: Sequence[str]) -> _Outcome:
-    offending = frame.loc[mask, list(columns)]
+    offending = frame.loc[mask, [c for c in columns if c in frame.columns]]
     return _Outcome(success=not bool(mask.any()), offending=_records(offending),
                     unexpected_count=int(mask.sum()))
 
@@ -105,6 +108,10 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _label_values(s: _Settings, frame: pd.DataFrame | None = None) -> list[int] | None:
+    return list(s.schema.label_values) if s.schema.label_values is not None else None
+
+
 def _pd_not_empty(df: pd.DataFrame, s: _Settings) -> _Outcome:
     return _Outcome(success=len(df) > 0, offending=[] if len(df) else [{"rows": 0}],
                     unexpected_count=0 if len(df) else 1)
@@ -120,24 +127,31 @@ def _pd_unique_paths(df: pd.DataFrame, s: _Settings) -> _Outcome:
 
 
 def _pd_label_values(df: pd.DataFrame, s: _Settings) -> _Outcome:
-    return _rows(df, ~df["label"].isin([0, 1]) | df["label"].isna(), ("path", "label"))
+    allowed = _label_values(s)
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    if allowed is None:  # any class index: a non-negative integer
+        bad = labels.isna() | (labels < 0) | (labels != labels.round())
+    else:
+        bad = ~df["label"].isin(allowed) | df["label"].isna()
+    return _rows(df, bad, ("path", "label"))
 
 
 def _pd_split_values(df: pd.DataFrame, s: _Settings) -> _Outcome:
     return _rows(df, ~df["split"].isin(SPLITS) | df["split"].isna(), ("path", "split"))
 
 
-def _pd_generator_present(df: pd.DataFrame, s: _Settings) -> _Outcome:
-    missing = df["generator"].isna() | df["generator"].astype(str).str.fullmatch(_MISSING_TEXT_REGEX)
-    return _rows(df, missing, ("path", "generator"))
+def _pd_group_present(df: pd.DataFrame, s: _Settings) -> _Outcome:
+    column = s.schema.group_column
+    missing = df[column].isna() | df[column].astype(str).str.fullmatch(_MISSING_TEXT_REGEX)
+    return _rows(df, missing, ("path", column))
 
 
 def _pd_image_size(df: pd.DataFrame, s: _Settings) -> _Outcome:
     bad = pd.Series(False, index=df.index)
-    for column in ("width", "height"):
+    for column in s.schema.size_columns or ():
         values = pd.to_numeric(df[column], errors="coerce")
         bad |= values.isna() | ~values.between(s.min_side, s.max_side)
-    return _rows(df, bad, ("path", "width", "height"))
+    return _rows(df, bad, ("path", *(s.schema.size_columns or ())))
 
 
 def _pd_required_splits(df: pd.DataFrame, s: _Settings) -> _Outcome:
@@ -147,21 +161,28 @@ def _pd_required_splits(df: pd.DataFrame, s: _Settings) -> _Outcome:
                     unexpected_count=len(missing))
 
 
-def _pd_both_classes_in_train(df: pd.DataFrame, s: _Settings) -> _Outcome:
+def _pd_classes_in_train(df: pd.DataFrame, s: _Settings) -> _Outcome:
     present = set(df.loc[df["split"] == "train", "label"].dropna())
-    missing = [label for label in (0, 1) if label not in present]
+    missing = [label for label in _label_values(s) if label not in present]
     return _Outcome(success=not missing, offending=[{"split": "train", "label": m} for m in missing],
                     unexpected_count=len(missing))
 
 
-def _pd_no_split_leakage(df: pd.DataFrame, s: _Settings) -> _Outcome:
-    hashed = df[df["sha256"].notna()]
-    splits_per_hash = hashed.groupby("sha256")["split"].nunique()
-    leaked = set(splits_per_hash[splits_per_hash > 1].index)
-    mask = df["sha256"].isin(leaked)
-    # Sorted by hash so the copies of one image sit next to each other in the report and the message.
-    offending = df.loc[mask, ["sha256", "split", "path"]].sort_values(["sha256", "split", "path"])
-    return _Outcome(success=not leaked, offending=_records(offending), unexpected_count=int(mask.sum()))
+def _pd_no_split_leakage(column: str) -> Callable[[pd.DataFrame, _Settings], _Outcome]:
+    def check(df: pd.DataFrame, s: _Settings) -> _Outcome:
+        if column not in df.columns:
+            return _Outcome(success=True)
+        values = df[column]
+        keyed = df[values.notna() & ~values.astype(str).str.fullmatch(_MISSING_TEXT_REGEX)]
+        splits_per_value = keyed.groupby(column)["split"].nunique()
+        leaked = set(splits_per_value[splits_per_value > 1].index)
+        mask = df[column].isin(leaked)
+        # Sorted by the group so the members of one group sit next to each other in the report.
+        shown = [c for c in (column, "split", "path") if c in df.columns]
+        offending = df.loc[mask, shown].sort_values(shown)
+        return _Outcome(success=not leaked, offending=_records(offending), unexpected_count=int(mask.sum()))
+
+    return check
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,8 +199,12 @@ def _gx_unique_paths(gxe, s):
 
 def _gx_label_values(gxe, s):
     # Column-map expectations skip nulls, so null labels need their own expectation.
+    allowed = _label_values(s)
+    if allowed is None:
+        return [gxe.ExpectColumnValuesToNotBeNull(column="label"),
+                gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0)]
     return [gxe.ExpectColumnValuesToNotBeNull(column="label"),
-            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1])]
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=allowed)]
 
 
 def _gx_split_values(gxe, s):
@@ -187,14 +212,15 @@ def _gx_split_values(gxe, s):
             gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS))]
 
 
-def _gx_generator_present(gxe, s):
-    return [gxe.ExpectColumnValuesToNotBeNull(column="generator"),
-            gxe.ExpectColumnValuesToNotMatchRegex(column="generator", regex=_MISSING_TEXT_REGEX)]
+def _gx_group_present(gxe, s):
+    column = s.schema.group_column
+    return [gxe.ExpectColumnValuesToNotBeNull(column=column),
+            gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=_MISSING_TEXT_REGEX)]
 
 
 def _gx_image_size(gxe, s):
     out = []
-    for column in ("width", "height"):
+    for column in s.schema.size_columns or ():
         out += [gxe.ExpectColumnValuesToNotBeNull(column=column),
                 gxe.ExpectColumnValuesToBeBetween(column=column, min_value=s.min_side, max_value=s.max_side)]
     return out
@@ -204,54 +230,61 @@ def _gx_required_splits(gxe, s):
     return [gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(s.require_splits))]
 
 
-def _gx_both_classes_in_train(gxe, s):
+def _gx_classes_in_train(gxe, s):
     # Condition objects, not the pandas query string that GX deprecated in 1.9.
     from great_expectations.expectations.row_conditions import Column
 
-    return [gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=[0, 1],
+    return [gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=_label_values(s),
                                                        row_condition=Column("split") == "train")]
 
 
 # --------------------------------------------------------------------------------------------------
-# The checks, in report order
+# The checks of a schema, in report order
 
 
-_CHECKS: tuple[_Check, ...] = (
-    _Check("not_empty", "the manifest has at least one row",
-           "the data folder held no usable image; check data.source= and the bad-file list",
-           ("rows",), _pd_not_empty, _gx_not_empty),
-    _Check("paths_exist", "every path exists on disk",
-           "restore the missing files (`dvc pull`?) or rebuild the manifest from the folder",
-           ("path", "split"), _pd_paths_exist),
-    _Check("unique_paths", "no path is listed twice (or missing)",
-           "rebuild the manifest; a file must appear once",
-           ("path", "split"), _pd_unique_paths, _gx_unique_paths),
-    _Check("label_values", "label is 0 (real) or 1 (fake)",
-           "labels come from the class folder names (0_real/1_fake, nature/ai, real/fake); fix the folder or "
-           "the manifest rows", ("path", "label"), _pd_label_values, _gx_label_values),
-    _Check("split_values", f"split is one of {list(SPLITS)}",
-           "fix the split column (split folders must be named train, val or test)",
-           ("path", "split"), _pd_split_values, _gx_split_values),
-    _Check("generator_present", "every row names its generator",
-           "set the generator column (it comes from the <generator> folder)",
-           ("path", "generator"), _pd_generator_present, _gx_generator_present),
-    _Check("image_size", "width and height lie within [min_side, max_side]",
-           "resize or remove these images, or change the size limits (min_side / max_side)",
-           ("path", "width", "height"), _pd_image_size, _gx_image_size),
-    _Check("required_splits", "every required split has rows",
-           "add the missing split folder, give that split a share in data.split_fractions, or change "
-           "require_splits", ("split",), _pd_required_splits, _gx_required_splits),
-    _Check("both_classes_in_train", "train holds real (0) and fake (1) images",
-           "add the missing class folder (0_real/1_fake, nature/ai, real/fake) to the training data",
-           ("split", "label"), _pd_both_classes_in_train, _gx_both_classes_in_train),
-    _Check("no_split_leakage", "no image (sha256) appears in two splits",
-           "delete the duplicate copies, or move every copy of an image into one split",
-           ("sha256", "split", "path"), _pd_no_split_leakage),
-)
-
-
-def _active_checks(settings: _Settings) -> list[_Check]:
-    return [c for c in _CHECKS if c.name != "both_classes_in_train" or "train" in settings.require_splits]
+def _checks_for(settings: _Settings) -> list[_Check]:
+    schema = settings.schema
+    group = schema.group_column
+    checks = [_Check("not_empty", "the manifest has at least one row",
+                     "the data source held no usable example; check data.source= and the bad-file list",
+                     ("rows",), _pd_not_empty, _gx_not_empty)]
+    if schema.file_column:
+        checks += [
+            _Check("paths_exist", "every path exists on disk",
+                   "restore the missing files (`dvc pull`?) or rebuild the manifest from the folder",
+                   ("path", "split"), _pd_paths_exist),
+            _Check("unique_paths", "no path is listed twice (or missing)",
+                   "rebuild the manifest; a file must appear once", ("path", "split"), _pd_unique_paths,
+                   _gx_unique_paths)]
+    allowed = "a non-negative class index" if schema.label_values is None else f"one of {list(schema.label_values)}"
+    checks += [
+        _Check("label_values", f"label is {allowed}",
+               "labels come from the class folder names (e.g. 0_real/1_fake, nature/ai, real/fake) or the "
+               "source's label list; fix the folder or the manifest rows", ("path", "label"), _pd_label_values,
+               _gx_label_values),
+        _Check("split_values", f"split is one of {list(SPLITS)}",
+               "fix the split column (split folders must be named train, val or test)",
+               ("path", "split"), _pd_split_values, _gx_split_values),
+        _Check(f"{group}_present", f"every row names its {group}",
+               f"set the {group} column (it comes from the data source's folder or list)",
+               ("path", group), _pd_group_present, _gx_group_present)]
+    if schema.size_columns:
+        checks.append(_Check("image_size", "width and height lie within [min_side, max_side]",
+                             "resize or remove these images, or change the size limits (min_side / max_side)",
+                             ("path", *schema.size_columns), _pd_image_size, _gx_image_size))
+    checks.append(_Check("required_splits", "every required split has rows",
+                         "add the missing split folder, give that split a share in data.split_fractions, or "
+                         "change require_splits", ("split",), _pd_required_splits, _gx_required_splits))
+    if schema.label_values is not None and "train" in settings.require_splits:
+        checks.append(_Check("classes_in_train", f"train holds every class {list(schema.label_values)}",
+                             "add the missing class (e.g. 0_real/1_fake, nature/ai, real/fake) to the training "
+                             "data", ("split", "label"), _pd_classes_in_train, _gx_classes_in_train))
+    for column in schema.leakage_groups:
+        what = "image (sha256)" if column == "sha256" else f"{column} group"
+        checks.append(_Check(f"no_split_leakage:{column}", f"no {what} appears in two splits",
+                             f"keep every row of one {column} in one split (delete duplicate copies, or move "
+                             "them together)", (column, "split", "path"), _pd_no_split_leakage(column)))
+    return checks
 
 
 def _run_pandas(frame: pd.DataFrame, checks: list[_Check], settings: _Settings) -> dict[str, _Outcome]:
@@ -312,7 +345,7 @@ def _run_great_expectations(frame: pd.DataFrame, checks: list[_Check],
             # GX reports the missing values in set order; follow the expectation's own order instead.
             reported = {_plain(m) for m in details["partial_missing_list"]}
             missing = [v for v in config.kwargs["value_set"] if v in reported]
-            if name == "both_classes_in_train":
+            if name == "classes_in_train":
                 extra[name] += [{"split": "train", "label": m} for m in missing]
             else:
                 extra[name] += [{config.kwargs["column"]: m} for m in missing]
@@ -336,8 +369,8 @@ def _run_great_expectations(frame: pd.DataFrame, checks: list[_Check],
 # Report and messages
 
 
-def _counts(frame: pd.DataFrame) -> dict[str, Any]:
-    if not {"split", "generator", "label"} <= set(frame.columns):
+def _counts(frame: pd.DataFrame, group: str) -> dict[str, Any]:
+    if not {"split", group, "label"} <= set(frame.columns):
         return {"rows": len(frame)}
 
     def count(columns: list[str]) -> dict[str, int]:
@@ -345,8 +378,8 @@ def _counts(frame: pd.DataFrame) -> dict[str, Any]:
         return {"/".join(str(k) for k in (key if isinstance(key, tuple) else (key,))): int(v)
                 for key, v in grouped.items()}
 
-    return {"rows": len(frame), "by_split": count(["split"]), "by_generator": count(["generator"]),
-            "by_label": count(["label"]), "by_split_generator_label": count(["split", "generator", "label"])}
+    return {"rows": len(frame), "by_split": count(["split"]), f"by_{group}": count([group]),
+            "by_label": count(["label"]), f"by_split_{group}_label": count(["split", group, "label"])}
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -388,6 +421,7 @@ def validate_manifest(
     manifest: pd.DataFrame,
     bad_files: list[BadFile],
     *,
+    schema: ManifestSchema,
     report_path: Path,
     on_bad_file: str = "fail",
     min_side: int = 32,
@@ -406,24 +440,24 @@ def validate_manifest(
     if unknown_splits:
         raise ValueError(f"require_splits has unknown splits {unknown_splits}; use names from {list(SPLITS)}")
     report_path = Path(report_path)
-    settings = _Settings(min_side=min_side, max_side=max_side, require_splits=tuple(require_splits))
+    settings = _Settings(schema=schema, min_side=min_side, max_side=max_side, require_splits=tuple(require_splits))
     bad_files = sorted(bad_files, key=lambda b: b.path)
 
     frame = manifest
     if on_bad_file == "exclude" and bad_files and "path" in frame.columns:
         frame = frame[~frame["path"].isin({b.path for b in bad_files})]
 
-    missing_columns = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    missing_columns = [c for c in schema.column_names if c not in frame.columns]
     if missing_columns:
         outcomes = {"columns": _Outcome(success=False,
                                         offending=[{"missing_column": c} for c in missing_columns],
                                         unexpected_count=len(missing_columns))}
-        checks = [_Check("columns", f"the manifest has the columns {list(MANIFEST_COLUMNS)}",
-                         "rebuild the manifest with genguard.data.layouts.ingest", ("missing_column",),
+        checks = [_Check("columns", f"the manifest has the columns {list(schema.column_names)}",
+                         "rebuild the manifest from its data source", ("missing_column",),
                          lambda df, s: outcomes["columns"])]
         engine = "pandas"
     else:
-        checks = _active_checks(settings)
+        checks = _checks_for(settings)
         engine = "great_expectations" if expectations else "pandas"
         outcomes = (_run_great_expectations if expectations else _run_pandas)(frame, checks, settings)
 
@@ -443,7 +477,8 @@ def validate_manifest(
         "checks": check_reports,
         "bad_files": {"count": len(bad_files), "policy": on_bad_file,
                       "files": [{"path": b.path, "reason": b.reason} for b in bad_files]},
-        "counts": _counts(frame),
+        "schema": schema.name,
+        "counts": _counts(frame, schema.group_column),
         "report_path": str(report_path),
     }
     # The report is the evidence of a failed run, so it is written before anything is raised.
@@ -456,4 +491,4 @@ def validate_manifest(
         raise DataValidationError(_error_message(failed, bad_files, on_bad_file, report_path, len(checks)))
     log.info("manifest valid (%s): %d rows, per split %s; report %s", engine, len(frame),
              report["counts"].get("by_split"), report_path)
-    return normalise_manifest(frame), report
+    return normalise_manifest(frame, schema), report

@@ -1,58 +1,81 @@
-"""Cross-generator, cross-condition leaderboard of AIGI detectors.
+"""Leaderboard of systems x conditions x groups, for every family.
 
-The benchmark protocol (as in the published UnivFD and AIGIBench evaluations): every detector is
-trained on images of *one* generator family and tested on *every* family, on clean test images and
-under each test-time degradation of :mod:`genguard.evaluation.perturbations` (a "condition"). A
-detector's headline numbers are the *unweighted* means over generator families of the
-per-family rates from :func:`genguard.evaluation.metrics.per_generator_table` (acc, r_acc = accuracy
-on reals, f_acc = accuracy on fakes, ap), so a family with many test images counts as much as a small
-one. ``held_out`` averages only the families the detector was not trained on, which is the
-generalisation number the protocol is about; the train family is usually the easiest column.
+The benchmark protocol (as in the published UnivFD/AIGIBench, DeeperForensics and robustness
+evaluations): every *system* (detector, classifier, defended model) is tested on every *group* of test
+data (generator, forgery dataset, concept, ...) under every *condition* (``clean`` plus test-time
+degradations from :mod:`genguard.evaluation.conditions`, or attacks). A system's headline numbers are
+the **unweighted means over groups** of the per-group rates (e.g. acc, r_acc = accuracy on reals,
+f_acc = accuracy on fakes, ap from :func:`genguard.evaluation.grouping.group_table`), so a group with
+many test items counts as much as a small one. ``held_out`` averages only the groups the system was
+not trained on - the generalisation number - and groups named ``<suite>/<subset>`` get per-suite
+means as well, which is how papers average (per suite, never across suites pooled).
 
 Incomplete results fail loudly with :class:`LeaderboardError` instead of being averaged over what is
-there: a detector whose run crashed, or a generator family that silently produced no test images,
-would otherwise drop out of a mean - and dropping the hardest family flatters every detector that
-lacks it, so the ranking would compare numbers over different sets of families without anyone
-noticing. Means are always recomputed here from the per-family rows (incoming ``mean`` rows are
-ignored) for the same reason.
+there: a system whose run crashed, or a group that silently produced no test items, would otherwise
+drop out of a mean - and dropping the hardest group flatters every system that lacks it, so the
+ranking would compare numbers over different sets of groups without anyone noticing. Means are
+always recomputed here from the per-group rows (incoming ``mean`` rows are ignored) for the same reason.
 
-Outputs: :func:`build_leaderboard` (the wide table), :func:`leaderboard_markdown` (a report),
-:func:`leaderboard_heatmap_png` (a figure), :func:`leaderboard_metrics` and
-:func:`leaderboard_plot_records` (JSON for ``dvc metrics`` / ``dvc plots``).
+Outputs: :func:`build_leaderboard` (the wide table, the full record: CSV and plots),
+:func:`leaderboard_markdown` (a report), :func:`leaderboard_heatmap_png` (a figure),
+:func:`leaderboard_metrics` (a *small* JSON for ``dvc metrics show``) and
+:func:`leaderboard_plot_records` (long JSON records for ``dvc plots``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from genguard.evaluation.metrics import MEAN_ROW, nan_to_none
-from genguard.evaluation.plots import _new_figure, _to_png
+from genguard.evaluation.conditions import CLEAN, resolve_conditions
+from genguard.evaluation.grouping import NO_SUITE, has_suites, suite_of
+from genguard.evaluation.metrics import MEAN_ROW
+from genguard.evaluation.plots import figure_png, new_figure
+from genguard.io.jsonsafe import nan_to_none
 
-CONDITIONS: tuple[str, ...] = ("clean", "jpeg_95", "jpeg_75", "blur_1", "blur_2", "resize_0.5")
-LEADERBOARD_METRICS: tuple[str, ...] = ("acc", "r_acc", "f_acc", "ap")
-
+DEFAULT_METRICS: tuple[str, ...] = ("acc", "r_acc", "f_acc", "ap")
+DEFAULT_RANK_BY: tuple[str, ...] = ("acc", "ap")
 HELD_OUT = "held_out"
-HELD_OUT_METRICS: tuple[str, ...] = ("acc", "ap")
-RANK_CONDITION = "clean"
-_KEYS: tuple[str, ...] = ("detector", "condition", "generator")
-# Enough to see the pattern of a failure (one detector? one family? one condition?) without
-# burying the advice at the end of the message under hundreds of lines.
+SUITE_PREFIX = "suite:"
+# Rates where smaller is better; every other leaderboard metric ranks higher-first.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"eer"})
+# Enough to see the pattern of a failure (one system? one group? one condition?) without burying
+# the advice at the end of the message under hundreds of lines.
 _MAX_LISTED = 20
-_ADVICE = (
-    "The leaderboard needs every detector x condition x generator exactly once with finite metrics: "
-    "a detector failed or a generator family has no test images (or only one class). Rerun the "
-    "evaluation of the listed detector/condition pairs, or change the expected detectors/generators "
-    "explicitly if the protocol really changed."
-)
 
 
 class LeaderboardError(ValueError):
     """The results are incomplete or inconsistent with the expected protocol."""
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What the caller expects, and the column names the results use (for messages)."""
+
+    systems: list[str]
+    groups: list[str]
+    conditions: list[str]
+    metrics: list[str]
+    system_label: str
+    group_label: str
+
+    def combo(self, system: str, condition: str, group: str) -> str:
+        return f"{self.system_label}={system!r}, condition={condition!r}, {self.group_label}={group!r}"
+
+    def advice(self) -> str:
+        return (
+            f"The leaderboard needs every {self.system_label} x condition x {self.group_label} exactly once "
+            f"with finite metrics in [0, 1]: a {self.system_label} failed or a {self.group_label} has no "
+            f"test items (or only one class). Rerun the evaluation of the listed "
+            f"{self.system_label}/condition pairs, or change the expected "
+            f"{self.system_label}s/{self.group_label}s explicitly if the protocol really changed."
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,7 +83,9 @@ class LeaderboardError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _names(values: Sequence[str], what: str) -> list[str]:
+def _names(values: Sequence[str] | None, what: str) -> list[str]:
+    if values is None or isinstance(values, str):
+        raise TypeError(f"{what} must be a list of names, got {values!r}")
     names = [str(value) for value in values]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
@@ -68,185 +93,199 @@ def _names(values: Sequence[str], what: str) -> list[str]:
     return names
 
 
-def _rank_condition(conditions: Sequence[str]) -> str:
-    # The ranking is by clean accuracy (the protocol's headline); a board built for degradations
-    # only still needs *some* order, and the first condition asked for is the least surprising.
-    return RANK_CONDITION if RANK_CONDITION in conditions else conditions[0]
+def rank_condition(conditions: Sequence[str]) -> str:
+    """``clean`` when present (the protocol's headline), else the first condition asked for."""
+    return CLEAN if CLEAN in conditions else conditions[0]
 
 
-def _combo(detector: str, condition: str, generator: str) -> str:
-    return f"detector={detector!r}, condition={condition!r}, generator={generator!r}"
-
-
-def _raise_problems(problems: list[str]) -> None:
+def _raise_problems(problems: list[str], protocol: _Protocol) -> None:
     listed = problems[:_MAX_LISTED]
     lines = [f"  - {problem}" for problem in listed]
     if len(problems) > len(listed):
         lines.append(f"  ... and {len(problems) - len(listed)} more")
     raise LeaderboardError(
         f"incomplete or inconsistent leaderboard results ({len(problems)} problem(s)):\n"
-        + "\n".join(lines)
-        + "\n"
-        + _ADVICE
+        + "\n".join(lines) + "\n" + protocol.advice()
     )
 
 
-def _check_complete(
-    results: pd.DataFrame, detectors: list[str], generators: list[str], conditions: list[str]
-) -> None:
+def _summarise_missing(missing: set[tuple[str, str, str]], p: _Protocol) -> list[str]:
+    """Whole systems, then whole groups, then whole conditions, then system/condition pairs, then cells.
+
+    "system 'x' has no results" says more than 24 missing combinations, and points at the run that failed.
+    """
     problems: list[str] = []
-
-    unexpected_detectors = sorted(set(results["detector"]) - set(detectors))
-    if unexpected_detectors:
-        problems.append(f"unexpected detector(s) {unexpected_detectors}, expected {detectors}")
-    unexpected_generators = sorted(set(results["generator"]) - set(generators))
-    if unexpected_generators:
-        # A new family in the results means the test protocol changed: averaging it in silently
-        # would make the new means incomparable to every older leaderboard.
-        problems.append(
-            f"unexpected generator(s) {unexpected_generators}, expected {generators} "
-            "(the test protocol changed?)"
-        )
-
-    counts = results.groupby(list(_KEYS), sort=False).size()
-    present = set(counts.index)
-    expected = [(d, c, g) for d in detectors for c in conditions for g in generators]
-    missing = {key for key in expected if key not in present}
-    # Summarise whole detectors, then whole generators, then whole conditions: "detector 'x' has no
-    # results" says more than 24 missing combinations, and points at the run that failed.
-    live_detectors = []
-    for detector in detectors:
-        keys = {(detector, c, g) for c in conditions for g in generators}
+    live_systems = []
+    for system in p.systems:
+        keys = {(system, c, g) for c in p.conditions for g in p.groups}
         if keys <= missing:
-            problems.append(f"detector {detector!r} has no results at all (its run failed or was not collected)")
+            problems.append(f"{p.system_label} {system!r} has no results at all "
+                            "(its run failed or was not collected)")
             missing -= keys
         else:
-            live_detectors.append(detector)
-    live_generators = []
-    for generator in generators:
-        keys = {(d, c, generator) for d in live_detectors for c in conditions}
+            live_systems.append(system)
+    live_groups = []
+    for group in p.groups:
+        keys = {(s, c, group) for s in live_systems for c in p.conditions}
         if keys and keys <= missing:
-            problems.append(
-                f"generator {generator!r} has no results for any detector or condition "
-                "(no test images for this family?)"
-            )
+            problems.append(f"{p.group_label} {group!r} has no results for any {p.system_label} or condition "
+                            f"(no test items for this {p.group_label}?)")
             missing -= keys
         else:
-            live_generators.append(generator)
-    for condition in conditions:
-        keys = {(d, condition, g) for d in live_detectors for g in live_generators}
+            live_groups.append(group)
+    for condition in p.conditions:
+        keys = {(s, condition, g) for s in live_systems for g in live_groups}
         if keys and keys <= missing:
-            problems.append(f"condition {condition!r} has no results for any detector")
+            problems.append(f"condition {condition!r} has no results for any {p.system_label}")
             missing -= keys
-    # The usual failure: one detector's evaluation under one degradation crashed.
-    for detector in live_detectors:
-        for condition in conditions:
-            keys = {(detector, condition, g) for g in live_generators}
+    # The usual failure: one system's evaluation under one condition crashed.
+    for system in live_systems:
+        for condition in p.conditions:
+            keys = {(system, condition, g) for g in live_groups}
             if keys and keys <= missing:
-                problems.append(f"detector {detector!r} has no results under condition {condition!r}")
+                problems.append(f"{p.system_label} {system!r} has no results under condition {condition!r}")
                 missing -= keys
-    problems.extend(f"missing: {_combo(*key)}" for key in expected if key in missing)
+    expected = [(s, c, g) for s in p.systems for c in p.conditions for g in p.groups]
+    problems.extend(f"missing: {p.combo(*key)}" for key in expected if key in missing)
+    return problems
 
-    expected_set = set(expected)
+
+def _check_complete(frame: pd.DataFrame, p: _Protocol) -> None:
+    problems: list[str] = []
+    unexpected_systems = sorted(set(frame["system"]) - set(p.systems))
+    if unexpected_systems:
+        problems.append(f"unexpected {p.system_label}(s) {unexpected_systems}, expected {p.systems}")
+    unexpected_groups = sorted(set(frame["group"]) - set(p.groups))
+    if unexpected_groups:
+        # A new group in the results means the test protocol changed: averaging it in silently would
+        # make the new means incomparable to every older leaderboard.
+        problems.append(f"unexpected {p.group_label}(s) {unexpected_groups}, expected {p.groups} "
+                        "(the test protocol changed?)")
+
+    counts = frame.groupby(["system", "condition", "group"], sort=False).size()
+    expected = {(s, c, g) for s in p.systems for c in p.conditions for g in p.groups}
+    problems += _summarise_missing(expected - set(counts.index), p)
     for key, count in counts.items():
-        if count > 1 and key in expected_set:
-            problems.append(f"duplicated ({count} rows): {_combo(*key)}")
+        if count > 1 and key in expected:
+            problems.append(f"duplicated ({count} rows): {p.combo(*key)}")
 
-    # Only rows of the expected protocol: rows of an unexpected detector/generator are reported above.
-    in_protocol = results["detector"].isin(detectors) & results["generator"].isin(generators)
-    for row in results.loc[in_protocol, [*_KEYS, *LEADERBOARD_METRICS]].itertuples(index=False):
-        bad = [
-            f"{name}={getattr(row, name)!r}"
-            for name in LEADERBOARD_METRICS
-            if not (math.isfinite(getattr(row, name)) and 0.0 <= getattr(row, name) <= 1.0)
-        ]
+    # Only rows of the expected protocol: rows of an unexpected system/group are reported above.
+    in_protocol = frame["system"].isin(p.systems) & frame["group"].isin(p.groups)
+    for row in frame.loc[in_protocol].to_dict(orient="records"):
+        bad = [f"{name}={row[name]!r}" for name in p.metrics
+               if not (math.isfinite(row[name]) and 0.0 <= row[name] <= 1.0)]
         if bad:
-            problems.append(
-                f"non-finite or outside [0, 1] ({', '.join(bad)}): "
-                f"{_combo(row.detector, row.condition, row.generator)}"
-            )
+            problems.append(f"non-finite or outside [0, 1] ({', '.join(bad)}): "
+                            f"{p.combo(row['system'], row['condition'], row['group'])}")
     if problems:
-        _raise_problems(problems)
+        _raise_problems(problems, p)
+
+
+def _rank(board: pd.DataFrame, conditions: list[str], rank_by: list[str]) -> dict[str, int]:
+    ranking = board[board["condition"] == rank_condition(conditions)]
+
+    def key(row: dict[str, Any]) -> tuple:
+        values = [row[f"{MEAN_ROW}/{m}"] * (1 if m in LOWER_IS_BETTER else -1) for m in rank_by]
+        return (*values, row["system"])
+
+    ordered = sorted(ranking.to_dict(orient="records"), key=key)
+    return {row["system"]: position for position, row in enumerate(ordered, start=1)}
 
 
 def build_leaderboard(
     results: pd.DataFrame,
-    detectors: Sequence[str],
-    generators: Sequence[str],
-    conditions: Sequence[str] = CONDITIONS,
-    train_generators: Sequence[str] = (),
+    *,
+    systems: Sequence[str],
+    groups: Sequence[str],
+    conditions: Sequence[str] | str,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    held_out: Sequence[str] | None = None,
+    rank_by: Sequence[str] = DEFAULT_RANK_BY,
+    system_column: str = "system",
+    group_column: str = "group",
 ) -> pd.DataFrame:
-    """The wide leaderboard: one row per (detector, condition), detector order then condition order.
+    """The wide leaderboard: one row per (system, condition), systems then conditions in given order.
 
-    ``results`` is long: one row per (detector, condition, generator) with at least the columns
-    ``detector``, ``condition``, ``generator`` and the rates in :data:`LEADERBOARD_METRICS` (in
-    [0, 1]). Other columns (``auc``, ``n``, ...) are ignored, and so are rows whose generator is
-    ``mean`` (means are recomputed here) and rows of conditions not asked for (a board of a subset
-    of conditions is legitimate). Everything else must match the expected protocol exactly, or
-    :class:`LeaderboardError` lists what is missing, duplicated, non-finite or unexpected.
+    ``results`` is long: one row per (system, condition, group) with the columns ``system_column``,
+    ``condition``, ``group_column`` and the ``metrics`` (rates in [0, 1]). Other columns (``auc``,
+    ``n``...) are ignored, and so are rows whose group is ``mean`` (means are recomputed here) and rows
+    of conditions not asked for (a board of a subset of conditions is legitimate). Everything else
+    must match the expected protocol exactly, or :class:`LeaderboardError` lists what is missing,
+    duplicated, non-finite or unexpected. ``conditions`` is a list of names (any strings, e.g. attack
+    names) or a suite name of :mod:`~genguard.evaluation.conditions`.
 
-    Columns: ``detector``, ``condition``; ``<g>/<metric>`` for each generator ``g`` (given order)
-    and metric; ``mean/<metric>`` (unweighted mean over generators); ``held_out/acc`` and
-    ``held_out/ap`` (mean over the generators not in ``train_generators``; the plain mean when none
-    are given, NaN when every generator was trained on); ``rank`` (1 = best ``mean/acc`` on clean
-    images - or on the first condition if ``clean`` is not asked for - shared by all conditions of
-    a detector; ties go to the higher ``mean/ap``, then to the detector name).
+    Columns: ``system``, ``condition``; ``<group>/<metric>`` for each group (given order) and metric;
+    ``mean/<metric>`` (unweighted mean over groups); ``held_out/<metric>`` (mean over the ``held_out``
+    groups - those the system was not trained on; all groups when None; NaN when empty);
+    ``suite:<suite>/<metric>`` for each named suite when groups are ``<suite>/<subset>``; ``rank``
+    (1 = best ``mean/<rank_by[0]>`` on ``clean`` - or on the first condition if ``clean`` is not asked
+    for - shared by all conditions of a system; ties go to the next ``rank_by`` metric, then to the
+    name; higher is better except for :data:`LOWER_IS_BETTER`). ``board.attrs["rank_by"]`` remembers
+    ``rank_by`` for the readers below.
     """
-    detectors = _names(detectors, "detectors")
-    generators = _names(generators, "generators")
+    systems = _names(systems, "systems")
+    groups = _names(groups, "groups")
+    if isinstance(conditions, str):
+        conditions = resolve_conditions(conditions)
     conditions = _names(conditions, "conditions")
-    train = _names(train_generators, "train_generators")
-    for what, names in (("detectors", detectors), ("generators", generators), ("conditions", conditions)):
+    metrics = _names(metrics, "metrics")
+    rank_by = _names(rank_by, "rank_by")
+    held = groups if held_out is None else _names(held_out, "held_out")
+    for what, names in (("systems", systems), ("groups", groups), ("conditions", conditions),
+                        ("metrics", metrics), ("rank_by", rank_by)):
         if not names:
             raise ValueError(f"no {what} given")
-    reserved = {MEAN_ROW, HELD_OUT} & set(generators)
+    reserved = [g for g in groups if g in (MEAN_ROW, HELD_OUT) or g.startswith(SUITE_PREFIX)]
     if reserved:
-        raise ValueError(f"generator name(s) {sorted(reserved)} are reserved for summary columns")
-    if "rank" in conditions:
-        raise ValueError("a condition may not be called 'rank': leaderboard_metrics uses that key")
-    unknown_train = sorted(set(train) - set(generators))
-    if unknown_train:
-        # Most likely a typo; held-out means would silently include the real train family.
-        raise ValueError(f"train_generators {unknown_train} are not among the generators {generators}")
+        raise ValueError(f"group name(s) {reserved} are reserved for summary columns")
+    if any("/" in m for m in metrics):
+        raise ValueError(f"metric names may not contain '/': {metrics}")
+    for what, names, known in (("rank_by", rank_by, metrics), ("held_out", held, groups)):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            # Most likely a typo; a held-out mean would silently include a train group.
+            raise ValueError(f"{what} {unknown} are not among the {known}")
+    if len({system_column, "condition", group_column}) != 3:
+        raise ValueError("system_column, 'condition' and group_column must be three different columns")
 
-    absent = sorted({*_KEYS, *LEADERBOARD_METRICS} - set(results.columns))
+    absent = sorted({system_column, "condition", group_column, *metrics} - set(results.columns))
     if absent:
         raise LeaderboardError(f"results lack column(s) {absent}; got {list(results.columns)}")
-    frame = results.loc[:, [*_KEYS, *LEADERBOARD_METRICS]].copy()
-    for key in _KEYS:
+    frame = results.loc[:, [system_column, "condition", group_column, *metrics]].copy()
+    frame.columns = ["system", "condition", "group", *metrics]
+    for key in ("system", "condition", "group"):
         frame[key] = frame[key].astype(str)
-    for name in LEADERBOARD_METRICS:
+    for name in metrics:
         # Non-numbers become NaN and are reported with the NaNs, instead of a TypeError mid-way.
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    frame = frame[(frame["generator"] != MEAN_ROW) & frame["condition"].isin(conditions)]
-    _check_complete(frame, detectors, generators, conditions)
+    frame = frame[(frame["group"] != MEAN_ROW) & frame["condition"].isin(conditions)]
+    _check_complete(frame, _Protocol(systems, groups, conditions, metrics, system_column, group_column))
 
     # Complete and unique now, so the pivot has exactly one value per cell and no NaN.
-    wide = frame.set_index(list(_KEYS))[list(LEADERBOARD_METRICS)].unstack("generator")
-    wide = wide.reindex(pd.MultiIndex.from_product([detectors, conditions], names=["detector", "condition"]))
-    columns: dict[str, Any] = {
-        "detector": wide.index.get_level_values("detector"),
-        "condition": wide.index.get_level_values("condition"),
-    }
-    for generator in generators:
-        for name in LEADERBOARD_METRICS:
-            columns[f"{generator}/{name}"] = wide[(name, generator)].to_numpy()
-    for name in LEADERBOARD_METRICS:
-        columns[f"{MEAN_ROW}/{name}"] = wide[name][generators].mean(axis=1).to_numpy()
-    held_out = [g for g in generators if g not in train]
-    for name in HELD_OUT_METRICS:
-        columns[f"{HELD_OUT}/{name}"] = (
-            wide[name][held_out].mean(axis=1).to_numpy() if held_out else np.full(len(wide), np.nan)
-        )
-    board = pd.DataFrame(columns)
+    wide = frame.set_index(["system", "condition", "group"])[metrics].unstack("group")
+    wide = wide.reindex(pd.MultiIndex.from_product([systems, conditions], names=["system", "condition"]))
+    columns: dict[str, Any] = {"system": wide.index.get_level_values("system"),
+                               "condition": wide.index.get_level_values("condition")}
+    for group in groups:
+        for name in metrics:
+            columns[f"{group}/{name}"] = wide[(name, group)].to_numpy()
 
-    ranking = board[board["condition"] == _rank_condition(conditions)]
-    order = sorted(
-        zip(ranking["detector"], ranking[f"{MEAN_ROW}/acc"], ranking[f"{MEAN_ROW}/ap"], strict=True),
-        key=lambda item: (-item[1], -item[2], item[0]),
-    )
-    rank = {detector: position for position, (detector, _, _) in enumerate(order, start=1)}
-    board["rank"] = board["detector"].map(rank).astype("int64")
+    def mean_over(members: list[str], name: str) -> np.ndarray:
+        return wide[name][members].mean(axis=1).to_numpy() if members else np.full(len(wide), np.nan)
+
+    for name in metrics:
+        columns[f"{MEAN_ROW}/{name}"] = mean_over(groups, name)
+    for name in metrics:
+        columns[f"{HELD_OUT}/{name}"] = mean_over(held, name)
+    if has_suites(groups):
+        suites = dict.fromkeys(suite_of(g) for g in groups if suite_of(g) != NO_SUITE)
+        for suite in suites:
+            members = [g for g in groups if suite_of(g) == suite]
+            for name in metrics:
+                columns[f"{SUITE_PREFIX}{suite}/{name}"] = mean_over(members, name)
+    board = pd.DataFrame(columns)
+    board["rank"] = board["system"].map(_rank(board, conditions, rank_by)).astype("int64")
+    board.attrs["rank_by"] = list(rank_by)
     return board
 
 
@@ -255,33 +294,44 @@ def build_leaderboard(
 # --------------------------------------------------------------------------------------------------
 
 
-def _board_generators(board: pd.DataFrame) -> list[str]:
-    missing = sorted({"detector", "condition", "rank"} - set(board.columns))
+@dataclass(frozen=True)
+class _Layout:
+    groups: list[str]
+    metrics: list[str]
+    suites: list[str]
+    conditions: list[str]
+    rank_by: list[str]
+
+
+def _layout(board: pd.DataFrame, rank_by: Sequence[str] | None = None) -> _Layout:
+    missing = sorted({"system", "condition", "rank"} - set(board.columns))
     if missing:
         raise ValueError(f"not a leaderboard from build_leaderboard: lacks column(s) {missing}")
-    # rsplit: the metric is the last path element, so a generator name may itself contain "/".
-    generators = [
-        column.rsplit("/", 1)[0]
-        for column in board.columns
-        if column.endswith("/acc") and column.rsplit("/", 1)[0] not in (MEAN_ROW, HELD_OUT)
-    ]
-    if not generators:
-        raise ValueError("not a leaderboard from build_leaderboard: no <generator>/acc columns")
-    return generators
+    metrics = [c.split("/", 1)[1] for c in board.columns if c.startswith(f"{MEAN_ROW}/")]
+    if not metrics:
+        raise ValueError("not a leaderboard from build_leaderboard: no mean/<metric> columns")
+    # rsplit: the metric is the last path element, so a group name may itself contain "/" (suites).
+    groups = [c.rsplit("/", 1)[0] for c in board.columns if c.endswith(f"/{metrics[0]}")]
+    groups = [g for g in groups if g not in (MEAN_ROW, HELD_OUT) and not g.startswith(SUITE_PREFIX)]
+    suites = [c.rsplit("/", 1)[0][len(SUITE_PREFIX):] for c in board.columns
+              if c.startswith(SUITE_PREFIX) and c.endswith(f"/{metrics[0]}")]
+    if rank_by is None:
+        # attrs survive pandas operations but not a CSV round trip: fall back to the defaults present.
+        rank_by = board.attrs.get("rank_by") or [m for m in DEFAULT_RANK_BY if m in metrics] or metrics[:1]
+    unknown = sorted(set(rank_by) - set(metrics))
+    if unknown:
+        raise ValueError(f"rank_by {unknown} are not among the board's metrics {metrics}")
+    conditions = list(dict.fromkeys(board["condition"].astype(str)))
+    return _Layout(groups, metrics, suites, conditions, list(rank_by))
 
 
-def _unique(values: pd.Series) -> list[str]:
-    return list(dict.fromkeys(values.astype(str)))
+def _ranked_systems(board: pd.DataFrame) -> list[str]:
+    first = board.drop_duplicates("system")
+    return [str(s) for s in first.sort_values(["rank", "system"], kind="stable")["system"]]
 
 
-def _ranked_detectors(board: pd.DataFrame) -> list[str]:
-    first = board.drop_duplicates("detector")
-    return [str(d) for d in first.sort_values(["rank", "detector"], kind="stable")["detector"]]
-
-
-def _row(board: pd.DataFrame, detector: str, condition: str) -> pd.Series:
-    chosen = board[(board["detector"] == detector) & (board["condition"] == condition)]
-    return chosen.iloc[0]
+def _row(board: pd.DataFrame, system: str, condition: str) -> pd.Series:
+    return board[(board["system"] == system) & (board["condition"] == condition)].iloc[0]
 
 
 def _float(value: Any) -> float:
@@ -309,77 +359,80 @@ def _table(header: list[str], rows: list[list[str]], align: list[str]) -> list[s
     return lines
 
 
-def leaderboard_markdown(board: pd.DataFrame, train_generators: Sequence[str] = ()) -> str:
-    """A Markdown report of a board from :func:`build_leaderboard`.
+def leaderboard_markdown(
+    board: pd.DataFrame,
+    *,
+    title: str = "Leaderboard",
+    train_groups: Sequence[str] = (),
+    group_label: str = "group",
+    system_label: str = "system",
+) -> str:
+    """A Markdown report of a board from :func:`build_leaderboard`, values in percent.
 
-    Sections: the clean table (detectors by rank; per generator ``ACC (R_ACC/F_ACC)`` in percent,
-    train families marked ``(train)``, then mean ACC, mean AP and held-out ACC), a robustness table
-    (``mean ACC / mean AP`` per condition) and, per degraded condition, per-generator ACC.
+    Sections: the headline table on the rank condition (systems by rank; per group the first metric -
+    written ``ACC (R/F)`` when the board also has ``r_acc``/``f_acc`` - with ``train_groups`` marked
+    ``(train)``; then the mean of each rank metric, the held-out mean and the per-suite means of the
+    first metric), a robustness table (mean of the rank metrics per condition) and, per other
+    condition, the first metric per group.
     """
-    generators = _board_generators(board)
-    conditions = _unique(board["condition"])
-    detectors = _ranked_detectors(board)
-    train = [str(g) for g in train_generators]
-    unknown_train = sorted(set(train) - set(generators))
+    layout = _layout(board)
+    groups, metrics, rank_by = layout.groups, layout.metrics, layout.rank_by
+    primary = metrics[0]
+    train = [str(g) for g in train_groups]
+    unknown_train = sorted(set(train) - set(groups))
     if unknown_train:
-        raise ValueError(f"train_generators {unknown_train} are not among the board's generators {generators}")
-    headline = _rank_condition(conditions)
+        raise ValueError(f"train_groups {unknown_train} are not among the board's {group_label}s {groups}")
+    headline = rank_condition(layout.conditions)
+    systems = _ranked_systems(board)
+    with_rates = primary == "acc" and {"r_acc", "f_acc"} <= set(metrics)
+    label = primary.upper()
 
-    lines = ["# AIGI detection leaderboard", ""]
+    def marked(group: str) -> str:
+        return f"{group} (train)" if group in train else group
+
+    lines = [f"# {title}", ""]
     if train:
-        lines.append(
-            "Trained on: " + ", ".join(f"`{g}`" for g in train)
-            + f"; tested on all {len(generators)} generator families. "
-            "Means are unweighted over families; held-out = mean over the families not trained on."
-        )
+        lines.append("Trained on: " + ", ".join(f"`{g}`" for g in train)
+                     + f"; tested on all {len(groups)} {group_label}s. Means are unweighted over "
+                     f"{group_label}s; held-out = mean over the {group_label}s not trained on.")
     else:
-        lines.append(
-            f"Train families: not given (held-out = mean over all {len(generators)} families). "
-            "Means are unweighted over families."
-        )
-    lines += ["", f"Values in percent; rank by {headline} mean ACC (ties: mean AP).", ""]
+        lines.append(f"Train {group_label}s: not given. Means are unweighted over {group_label}s.")
+    rank_text = f"{headline} mean {rank_by[0].upper()}"
+    if len(rank_by) > 1:
+        rank_text += " (ties: " + ", then ".join(f"mean {m.upper()}" for m in rank_by[1:]) + ")"
+    lines += ["", f"Values in percent; rank by {rank_text}.", "", f"## {headline.capitalize()}", ""]
 
-    lines += [f"## {headline.capitalize()} images", ""]
-    header = ["rank", "detector"]
-    for generator in generators:
-        marker = " (train)" if generator in train else ""
-        header.append(f"{generator}{marker} ACC (R/F)")
-    header += ["mean ACC", "mean AP", "held-out ACC"]
+    header = ["rank", system_label]
+    header += [f"{marked(g)} {label} (R/F)" if with_rates else f"{marked(g)} {label}" for g in groups]
+    header += [f"mean {m.upper()}" for m in rank_by] + [f"held-out {label}"]
+    header += [f"{suite} {label}" for suite in layout.suites]
     rows = []
-    for detector in detectors:
-        row = _row(board, detector, headline)
-        cells = [str(int(row["rank"])), detector]
-        for generator in generators:
-            cells.append(
-                f"{_pct(row[f'{generator}/acc'])} "
-                f"({_pct(row[f'{generator}/r_acc'])}/{_pct(row[f'{generator}/f_acc'])})"
-            )
-        cells += [_pct(row[f"{MEAN_ROW}/acc"]), _pct(row[f"{MEAN_ROW}/ap"]), _pct(row[f"{HELD_OUT}/acc"])]
+    for system in systems:
+        row = _row(board, system, headline)
+        cells = [str(int(row["rank"])), system]
+        for g in groups:
+            rates = f" ({_pct(row[f'{g}/r_acc'])}/{_pct(row[f'{g}/f_acc'])})" if with_rates else ""
+            cells.append(_pct(row[f"{g}/{primary}"]) + rates)
+        cells += [_pct(row[f"{MEAN_ROW}/{m}"]) for m in rank_by] + [_pct(row[f"{HELD_OUT}/{primary}"])]
+        cells += [_pct(row[f"{SUITE_PREFIX}{suite}/{primary}"]) for suite in layout.suites]
         rows.append(cells)
     lines += _table(header, rows, ["---:", ":---"] + ["---:"] * (len(header) - 2))
 
-    lines += ["", "## Robustness: mean ACC / mean AP per condition", ""]
-    rows = [
-        [detector]
-        + [
-            f"{_pct(_row(board, detector, c)[f'{MEAN_ROW}/acc'])} / {_pct(_row(board, detector, c)[f'{MEAN_ROW}/ap'])}"
-            for c in conditions
-        ]
-        for detector in detectors
-    ]
-    lines += _table(["detector", *conditions], rows, [":---"] + ["---:"] * len(conditions))
+    shown = " / ".join(f"mean {m.upper()}" for m in rank_by)
+    lines += ["", f"## Robustness: {shown} per condition", ""]
+    rows = [[system] + [" / ".join(_pct(_row(board, system, c)[f"{MEAN_ROW}/{m}"]) for m in rank_by)
+                        for c in layout.conditions]
+            for system in systems]
+    lines += _table([system_label, *layout.conditions], rows, [":---"] + ["---:"] * len(layout.conditions))
 
-    for condition in conditions:
-        if condition == RANK_CONDITION:
+    for condition in layout.conditions:
+        if condition == headline:
             continue  # already in full above
-        lines += ["", f"## ACC per generator under `{condition}`", ""]
-        header = ["detector", *(f"{g} (train)" if g in train else g for g in generators), "mean"]
-        rows = [
-            [detector]
-            + [_pct(_row(board, detector, condition)[f"{g}/acc"]) for g in generators]
-            + [_pct(_row(board, detector, condition)[f"{MEAN_ROW}/acc"])]
-            for detector in detectors
-        ]
+        lines += ["", f"## {label} per {group_label} under `{condition}`", ""]
+        header = [system_label, *(marked(g) for g in groups), "mean"]
+        rows = [[system] + [_pct(_row(board, system, condition)[f"{g}/{primary}"]) for g in groups]
+                + [_pct(_row(board, system, condition)[f"{MEAN_ROW}/{primary}"])]
+                for system in systems]
         lines += _table(header, rows, [":---"] + ["---:"] * (len(header) - 1))
     return "\n".join(lines) + "\n"
 
@@ -389,46 +442,49 @@ def leaderboard_markdown(board: pd.DataFrame, train_generators: Sequence[str] = 
 # --------------------------------------------------------------------------------------------------
 
 
-def leaderboard_heatmap_png(board: pd.DataFrame, metric: str = "acc") -> bytes:
-    """Heatmap of ``metric`` per (detector · condition) row and generator column, plus ``mean``.
+def leaderboard_heatmap_figure(board: pd.DataFrame, metric: str = "acc",
+                               group_label: str = "group") -> Figure:
+    """Heatmap of ``metric`` per (system · condition) row and group column, plus ``mean``.
 
-    Colours span 0..1 on viridis (perceptually uniform, readable in greyscale) so boards of
-    different runs are visually comparable; every cell carries its value in percent. The figure
-    grows with the number of rows and columns so the annotations stay legible.
+    Colours span 0..1 on viridis (perceptually uniform, readable in greyscale) so boards of different
+    runs are visually comparable; every cell carries its value in percent. The figure grows with the
+    number of rows and columns so the annotations stay legible.
     """
-    if metric not in LEADERBOARD_METRICS:
-        raise ValueError(f"metric must be one of {LEADERBOARD_METRICS}, got {metric!r}")
-    generators = _board_generators(board)
-    columns = [*generators, MEAN_ROW]
+    layout = _layout(board)
+    if metric not in layout.metrics:
+        raise ValueError(f"metric must be one of the board's metrics {layout.metrics}, got {metric!r}")
+    columns = [*layout.groups, MEAN_ROW]
     values = board[[f"{g}/{metric}" for g in columns]].to_numpy(dtype=float)
-    labels = [f"{d} · {c}" for d, c in zip(board["detector"].astype(str), board["condition"].astype(str),
-                                             strict=True)]
+    labels = [f"{s} · {c}" for s, c in zip(board["system"].astype(str), board["condition"].astype(str),
+                                           strict=True)]
     n_rows, n_cols = values.shape
     label_width = 0.075 * max(len(label) for label in labels)  # inches of tick labels on the left
-    figure = _new_figure(max(5.0, 2.2 + label_width + 0.85 * n_cols), max(3.0, 1.4 + 0.32 * n_rows))
+    figure = new_figure(max(5.0, 2.2 + label_width + 0.85 * n_cols), max(3.0, 1.4 + 0.32 * n_rows))
     axes = figure.add_subplot()
     image = axes.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
             value = values[i, j]
-            if not math.isfinite(value):
-                continue
-            # viridis is dark at the low end and light at the top: switch text colour for contrast.
-            colour = "black" if value > 0.5 else "white"
-            weight = "bold" if columns[j] == MEAN_ROW else "normal"
-            axes.text(j, i, f"{100.0 * value:.1f}", ha="center", va="center", fontsize=8, color=colour,
-                      fontweight=weight)
-    # Lines between detectors and before the mean column: the blocks are what one compares.
-    detector_column = board["detector"].astype(str).to_numpy()
+            if math.isfinite(value):
+                # viridis is dark at the low end and light at the top: switch text colour for contrast.
+                axes.text(j, i, f"{100.0 * value:.1f}", ha="center", va="center", fontsize=8,
+                          color="black" if value > 0.5 else "white",
+                          fontweight="bold" if columns[j] == MEAN_ROW else "normal")
+    # Lines between systems and before the mean column: the blocks are what one compares.
+    system_column = board["system"].astype(str).to_numpy()
     for i in range(1, n_rows):
-        if detector_column[i] != detector_column[i - 1]:
+        if system_column[i] != system_column[i - 1]:
             axes.axhline(i - 0.5, color="white", linewidth=2.0)
     axes.axvline(n_cols - 1.5, color="white", linewidth=2.0)
     axes.set_xticks(np.arange(n_cols), labels=columns, rotation=45, ha="right", fontsize=8)
     axes.set_yticks(np.arange(n_rows), labels=labels, fontsize=8)
-    axes.set(title=f"{metric.upper()} per generator (%)", xlabel="test generator")
+    axes.set(title=f"{metric.upper()} per {group_label} (%)", xlabel=f"test {group_label}")
     figure.colorbar(image, ax=axes, shrink=0.9, label=metric)
-    return _to_png(figure)
+    return figure
+
+
+def leaderboard_heatmap_png(board: pd.DataFrame, metric: str = "acc", group_label: str = "group") -> bytes:
+    return figure_png(leaderboard_heatmap_figure(board, metric, group_label))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,34 +492,34 @@ def leaderboard_heatmap_png(board: pd.DataFrame, metric: str = "acc") -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 
-def leaderboard_metrics(board: pd.DataFrame) -> dict[str, Any]:
-    """``{detector: {condition: {mean_acc, mean_r_acc, mean_f_acc, mean_ap, held_out_acc,
-    held_out_ap}, "rank": int}}`` with plain Python floats and NaN as None (strict JSON)."""
-    _board_generators(board)
+def leaderboard_metrics(board: pd.DataFrame, rank_by: Sequence[str] | None = None) -> dict[str, Any]:
+    """The few numbers ``dvc metrics show`` should print: per system ``rank``, ``mean_<m>`` and
+    ``held_out_<m>`` for each rank metric ``m``, on the rank condition (``clean``, else the first).
+
+    E.g. ``{"beta": {"rank": 1, "mean_acc": .., "mean_ap": .., "held_out_acc": .., "held_out_ap": ..}}``;
+    plain Python numbers, NaN as None (strict JSON). The full board belongs in the CSV and plots.
+    """
+    layout = _layout(board, rank_by)
+    headline = rank_condition(layout.conditions)
     summary: dict[str, Any] = {}
-    for row in board.to_dict(orient="records"):
-        entry = summary.setdefault(str(row["detector"]), {})
-        entry[str(row["condition"])] = {
-            **{f"mean_{name}": _float(row[f"{MEAN_ROW}/{name}"]) for name in LEADERBOARD_METRICS},
-            **{f"held_out_{name}": _float(row[f"{HELD_OUT}/{name}"]) for name in HELD_OUT_METRICS},
-        }
-        entry["rank"] = int(row["rank"])
+    for system in _ranked_systems(board):
+        row = _row(board, system, headline)
+        entry: dict[str, Any] = {"rank": int(row["rank"])}
+        entry.update({f"mean_{m}": _float(row[f"{MEAN_ROW}/{m}"]) for m in layout.rank_by})
+        entry.update({f"held_out_{m}": _float(row[f"{HELD_OUT}/{m}"]) for m in layout.rank_by})
+        summary[system] = entry
     return nan_to_none(summary)
 
 
 def leaderboard_plot_records(board: pd.DataFrame) -> list[dict[str, Any]]:
-    """Long records for ``dvc plots``: one ``{detector, condition, generator, acc, ap}`` per cell,
-    the ``mean`` pseudo-generator included, in board order."""
-    generators = [*_board_generators(board), MEAN_ROW]
+    """Long records for ``dvc plots``: one ``{system, condition, group, <metric>...}`` per cell, the
+    ``mean`` pseudo-group included, in board order; NaN as None."""
+    layout = _layout(board)
     records = [
-        {
-            "detector": str(row["detector"]),
-            "condition": str(row["condition"]),
-            "generator": generator,
-            "acc": _float(row[f"{generator}/acc"]),
-            "ap": _float(row[f"{generator}/ap"]),
-        }
+        {"system": str(row["system"]), "condition": str(row["condition"]), "group": group,
+         **{m: _float(row[f"{group}/{m}"]) for m in layout.metrics}}
         for row in board.to_dict(orient="records")
-        for generator in generators
+        for group in [*layout.groups, MEAN_ROW]
     ]
     return nan_to_none(records)
+

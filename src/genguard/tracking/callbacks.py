@@ -1,14 +1,12 @@
-"""Training-engine callbacks that report to MLflow (the engine itself never imports mlflow)."""
+"""Training-loop callbacks that report to MLflow (the loop itself never imports mlflow)."""
 
 from __future__ import annotations
 
-import re
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
+from genguard.tracking.mlflow_tracking import safe_metric_name
 
 
 class MlflowEpochLogger:
-    """Logs each epoch's metrics to the active MLflow run, step = epoch.
+    """Logs each round's metrics (an epoch, or a chunk of steps) to the active MLflow run, step = round.
 
     ``prefix`` names a training stage other than the last (DGS-Net's ``teacher/``), so its curves do
     not interleave with the final stage's ``train/*`` and ``val/*``.
@@ -23,7 +21,7 @@ class MlflowEpochLogger:
 
         if mlflow.active_run() is None:
             return
-        clean = {_UNSAFE.sub("_", self.prefix + k): float(v) for k, v in metrics.items() if v == v}  # drop NaN
+        clean = {safe_metric_name(self.prefix + k): float(v) for k, v in metrics.items() if v == v}  # drop NaN
         mlflow.log_metrics(clean, step=epoch)
         self.logged_epochs.add(epoch)
 

@@ -1,4 +1,4 @@
-"""Thin helpers over plain MLflow, shared by every detector's evaluation and training nodes.
+"""Thin helpers over plain MLflow, shared by every family's training, evaluation and benchmark nodes.
 
 Backend: always SQLite (``sqlite:///<root>/mlruns/mlflow.db``). MLflow 3.13+ refuses the plain
 ``./mlruns`` file store, and the model registry needs a database anyway. Artifacts live next to
@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from genguard.evaluation.metrics import MEAN_ROW, nan_to_none
+from genguard.io.jsonsafe import nan_to_none
 
 DB_RELATIVE = Path("mlruns") / "mlflow.db"
 ARTIFACTS_RELATIVE = Path("mlruns") / "artifacts"
@@ -173,11 +173,12 @@ def _as_number(value: Any) -> float | None:
     return float(value)
 
 
-def evaluation_metrics(summary: Mapping[str, Any], table: pd.DataFrame, base: str) -> dict[str, float]:
+def evaluation_metrics(summary: Mapping[str, Any], table: pd.DataFrame, base: str, group_column: str = "group",
+                       summary_row: str = "mean") -> dict[str, float]:
     """The flat ``{metric name: value}`` dict :func:`log_evaluation` logs (exposed for tests/dry runs).
 
-    Scalars of ``summary`` become ``<base>/<key>``; each non-mean row of ``table`` becomes
-    ``<base>/<generator>/<column>`` for every numeric column. NaN is kept: MLflow stores it, and a
+    Scalars of ``summary`` become ``<base>/<key>``; each row of ``table`` but the summary row becomes
+    ``<base>/<group>/<column>`` for every numeric column. NaN is kept: MLflow stores it, and a
     missing AP in the UI is more honest than a missing metric.
     """
     metrics: dict[str, float] = {}
@@ -185,23 +186,23 @@ def evaluation_metrics(summary: Mapping[str, Any], table: pd.DataFrame, base: st
         number = _as_number(value)
         if number is not None:
             metrics[safe_metric_name(_join(base, key))] = number
-    # Robustness: {"perturbations": {"jpeg_75": {"acc": ..}}} -> "<base>_jpeg_75/acc".
-    for perturbation, values in (summary.get("perturbations") or {}).items():
+    # Robustness: {"conditions": {"jpeg_75": {"acc": ..}}} -> "<base>_jpeg_75/acc".
+    for condition, values in (summary.get("conditions") or {}).items():
         for key, value in values.items():
             number = _as_number(value)
             if number is not None:
-                metrics[safe_metric_name(_join(f"{base}_{perturbation}", key))] = number
+                metrics[safe_metric_name(_join(f"{base}_{condition}", key))] = number
     numeric_columns = [
         column for column in table.columns
-        if column != "generator" and pd.api.types.is_numeric_dtype(table[column])
+        if column != group_column and pd.api.types.is_numeric_dtype(table[column])
     ]
-    for row in table.itertuples(index=False):
-        generator = str(getattr(row, "generator"))
-        if generator == MEAN_ROW:
+    for row in table.to_dict(orient="records"):
+        group = str(row[group_column])
+        if group == summary_row:
             continue  # already logged as <base>/mean_<metric> from the summary
         for column in numeric_columns:
-            name = safe_metric_name(_join(base, safe_metric_name(generator), column))
-            metrics[name] = float(getattr(row, column))
+            name = safe_metric_name(_join(base, safe_metric_name(group), column))
+            metrics[name] = float(row[column])
     return metrics
 
 
@@ -211,12 +212,13 @@ def log_evaluation(
     figures: Mapping[str, bytes],
     prefix: str = "",
     split: str = "test",
+    group_column: str = "group",
 ) -> dict[str, float]:
-    """Log one evaluation (output of ``summarise`` / ``per_generator_table`` / the plots) to the active run.
+    """Log one evaluation (a summary dict, its per-group table, figures) to the active run.
 
-    * metrics ``<split>/acc``, ``<split>/ap``, ``<split>/mean_acc`` ... and per generator
-      ``<split>/<generator>/acc``, ``.../ap`` ...;
-    * ``per_generator.csv`` and the MLflow table ``per_generator.json`` (shown in the UI);
+    * metrics ``<split>/acc``, ``<split>/ap``, ``<split>/mean_acc`` ... and per group
+      ``<split>/<group>/acc``, ``.../ap`` ... (``group_column`` names the table's key column);
+    * ``per_<group_column>.csv`` and the MLflow table ``per_<group_column>.json`` (shown in the UI);
     * each figure as ``plots/<name>.png`` (``.png`` added when missing);
     * ``metrics.json``, the summary in strict JSON (NaN -> null).
 
@@ -226,12 +228,13 @@ def log_evaluation(
     table). Returns the metrics dict that was logged.
     """
     _require_active_run()
-    metrics = evaluation_metrics(summary, table, _join(prefix, split))
+    metrics = evaluation_metrics(summary, table, _join(prefix, split), group_column=group_column)
     mlflow.log_metrics(metrics)
     artifact_dir = _join(prefix) or None
+    table_name = f"per_{safe_metric_name(group_column).replace('/', '_')}"
     with tempfile.TemporaryDirectory(prefix="genguard-eval-") as tmp:
         staging = Path(tmp)
-        table.to_csv(staging / "per_generator.csv", index=False)
+        table.to_csv(staging / f"{table_name}.csv", index=False)
         (staging / "metrics.json").write_text(
             json.dumps(nan_to_none(dict(summary)), indent=2, sort_keys=True, allow_nan=False) + "\n",
             encoding="utf-8",
@@ -246,5 +249,5 @@ def log_evaluation(
         mlflow.log_artifacts(str(staging), artifact_path=artifact_dir)
     # The JSON table view wants JSON-safe cells; NaN would be written as a bare NaN token.
     json_table = table.astype(object).where(table.notna(), None)
-    mlflow.log_table(json_table, _join(prefix, "per_generator.json"))
+    mlflow.log_table(json_table, _join(prefix, f"{table_name}.json"))
     return metrics

@@ -1,12 +1,14 @@
-"""Log a saved detector as an MLflow pyfunc model, register it and manage its aliases.
+"""Log a saved model folder as an MLflow pyfunc model, register it and manage its aliases.
 
 Aliases (MLflow 3 replaced stages with them):
 
 * ``candidate`` – always the version registered last;
-* ``champion`` – the best version so far on the validation metric it was registered with. It moves
-  to a new version only if there is no champion yet, or the new value is not NaN and either beats
-  the champion's strictly or the champion carries no value for the same metric (registered under
-  another metric, so not comparable: the freshly evaluated version wins). Ties keep the champion.
+* ``champion`` – the best version so far on the metric it was selected with. It moves to a new
+  version only if there is no champion yet, or the new value is not NaN and beats the champion's
+  strictly on the *same* metric. Values of different metrics are not comparable: then the new
+  version wins only when it was selected on validation (``val/...``) and the champion was not
+  (e.g. a run without a validation split, selected on ``train/loss``); otherwise the champion
+  stays. Ties keep the champion.
 
 The value travels as model-version tags ``validation_metric`` / ``validation_value`` (plus
 ``greater_is_better``), so the decision can be audited in the UI and recomputed later.
@@ -25,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from genguard.tracking.mlflow_tracking import active_or_new_run
-from genguard.tracking.pyfunc_detector import DETECTOR_ARTIFACT
+from genguard.tracking.pyfunc import MODEL_ARTIFACT
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +68,31 @@ def _is_better(new: float, old: float, greater_is_better: bool) -> bool:
     return new > old if greater_is_better else new < old
 
 
-def _champion_value(client: MlflowClient, name: str, metric: str) -> tuple[int | None, float | None]:
-    """(champion version, its value for ``metric``) — None where absent or not comparable."""
+def _champion(client: MlflowClient, name: str) -> tuple[int | None, str | None, float | None]:
+    """(champion version, its metric, its value) — Nones where absent."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None  # no champion alias yet
+        return None, None, None  # no champion alias yet
     tags = champion.tags or {}
-    if tags.get(TAG_METRIC) != metric or TAG_VALUE not in tags:
-        return int(champion.version), None
     try:
-        return int(champion.version), float(tags[TAG_VALUE])
+        value = float(tags[TAG_VALUE]) if TAG_VALUE in tags else None
     except ValueError:
-        return int(champion.version), None
+        value = None
+    return int(champion.version), tags.get(TAG_METRIC), value
 
 
-def log_and_register_detector(
+def _promote(value: float, metric: str, champion_metric: str | None, champion_value: float | None,
+             greater_is_better: bool) -> bool:
+    if math.isnan(value):
+        return False
+    if champion_metric == metric:
+        return champion_value is None or _is_better(value, champion_value, greater_is_better)
+    # Different metrics are not comparable: prefer a version selected on validation data.
+    return metric.startswith("val/") and not (champion_metric or "").startswith("val/")
+
+
+def log_and_register_model(
     model_dir: str | Path,
     *,
     registered_model_name: str,
@@ -94,8 +105,8 @@ def log_and_register_detector(
 ) -> dict[str, Any]:
     """Log ``model_dir`` as a pyfunc model in the active run, register it and update the aliases.
 
-    ``model_dir`` is the folder written by ``genguard.io.model_store`` (safetensors + config). It is
-    logged twice: as the pyfunc's ``detector`` artifact (what ``load_model`` rebuilds from) and as
+    ``model_dir`` is the folder written by ``genguard.io.model_files`` (safetensors + config). It is
+    logged twice: as the pyfunc's ``model`` artifact (what ``load_model`` rebuilds from) and as
     plain run artifacts under ``model_files/`` so the raw files are downloadable from the UI.
     Without an active run, one is started (in ``experiment``, default MLflow's current one) and
     ended here.
@@ -106,7 +117,7 @@ def log_and_register_detector(
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"detector folder not found: {model_dir}")
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
     value = float(validation_value)
     requirements = default_pip_requirements() if pip_requirements is None else list(pip_requirements)
     client = MlflowClient()
@@ -116,7 +127,7 @@ def log_and_register_detector(
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
             python_model=str(ENTRY_FILE),  # a path -> "models from code": nothing is pickled
-            artifacts={DETECTOR_ARTIFACT: str(model_dir)},
+            artifacts={MODEL_ARTIFACT: str(model_dir)},
             pip_requirements=requirements,
             registered_model_name=registered_model_name,
         )
@@ -136,12 +147,10 @@ def log_and_register_detector(
     for key, tag_value in tags.items():
         client.set_model_version_tag(registered_model_name, str(version), key, tag_value)
 
-    champion_version, champion_value = _champion_value(client, registered_model_name, validation_metric)
+    champion_version, champion_metric, champion_value = _champion(client, registered_model_name)
     client.set_registered_model_alias(registered_model_name, CANDIDATE, str(version))
-    promote = champion_version is None or (
-        not math.isnan(value)
-        and (champion_value is None or _is_better(value, champion_value, greater_is_better))
-    )
+    promote = champion_version is None or _promote(value, validation_metric, champion_metric, champion_value,
+                                                   greater_is_better)
     if promote:
         client.set_registered_model_alias(registered_model_name, CHAMPION, str(version))
         champion_version = version
@@ -150,8 +159,9 @@ def log_and_register_detector(
         )
     else:
         logger.info(
-            "%s v%d stays candidate: %s=%s does not beat champion v%d (%s)",
-            registered_model_name, version, validation_metric, value, champion_version, champion_value,
+            "%s v%d stays candidate: %s=%s does not beat champion v%d (%s=%s)",
+            registered_model_name, version, validation_metric, value, champion_version, champion_metric,
+            champion_value,
         )
 
     aliases = sorted(client.get_model_version(registered_model_name, str(version)).aliases)

@@ -1,51 +1,162 @@
 """Per-rank entry point started by the DeepSpeed launcher (see deepspeed_backend.py).
 
-Every rank builds the model through the same registry and trains with ``Detector.training_loss``;
-rank 0 alone validates, logs to MLflow and writes files. Resumes from the DeepSpeed checkpoint in the
-job folder when one exists.
+Every rank rebuilds the model through the one model registry and the datasets from their specs,
+then runs the same loop as in-process training (:func:`genguard.training.loop.run_rounds`) with
+:class:`DeepSpeedBackend`. Rank 0 alone validates, logs to MLflow and writes files; the record of
+each round (validation included) is broadcast so every rank takes the same best-round decision.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import IterableDataset
 
-from genguard.data.transforms import FeatureRows, ManifestImages, Preprocess
+from genguard.data.datasets import dataset_from_spec
+from genguard.data.loaders import move_batch
+from genguard.evaluation.evaluators import build_evaluator
 from genguard.io.atomic import write_json_atomic
-from genguard.methods import build_from_spec
-from genguard.training.engine import TrainConfig, _collate, train_epoch, validation_metrics
+from genguard.registry import build_model
+from genguard.tracking.callbacks import MlflowEpochLogger
+from genguard.training.batches import steps_per_epoch
+from genguard.training.config import TrainConfig
+from genguard.training.loop import LoopState, run_rounds
+from genguard.training.optim import build_optimizer, build_schedule
 
-
-def _dataset(spec: dict):
-    extras = load_file(spec["extras_file"]) if spec.get("extras_file") else None
-    if spec["kind"] == "features":
-        tensors = load_file(spec["file"])
-        return FeatureRows(tensors["features"], tensors["labels"], extras=extras)
-    import pandas as pd
-
-    frame = pd.DataFrame({"path": spec["paths"], "label": spec["labels"]})
-    return ManifestImages(frame, Preprocess.from_dict(spec["preprocess"]), hflip=spec["hflip"],
-                          train=spec.get("train"), extras=extras)
-
-
-def _to_device(value: torch.Tensor, device, dtype: torch.dtype | None) -> torch.Tensor:
-    """Float inputs follow the engine's precision (bf16/fp16); labels and indices keep theirs."""
-    return value.to(device, dtype) if (dtype is not None and value.is_floating_point()) else value.to(device)
+log = logging.getLogger(__name__)
 
 
 def _on_cpu() -> bool:
     from deepspeed.accelerator import get_accelerator
 
     return get_accelerator().device_name() == "cpu"
+
+
+class DeepSpeedBackend:
+    """One DeepSpeed rank. Micro-batches are padded to equal sizes (DeepSpeed averages per-rank
+    means and scales by 1/accumulation itself, so the loop's loss weights are not applied)."""
+
+    pads_last_batch = True
+
+    def __init__(self, engine: Any, job: Path, fingerprint: str, dtype: torch.dtype | None) -> None:
+        self.engine, self.job, self.fingerprint, self.dtype = engine, job, fingerprint, dtype
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.zero_stage = engine.zero_optimization_stage()
+        self.checkpoints = job / "ds_checkpoint"
+        self.use_best = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ optimisation
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return move_batch(batch, self.engine.device, self.dtype)
+
+    def zero_grad(self) -> None:
+        """The engine zeroes gradients itself after each optimizer step."""
+
+    def backward(self, loss: torch.Tensor, weight: float, deferred: bool = False) -> None:
+        # A deferred loss carries a gradient that the first backward already scaled by 1/accumulation.
+        self.engine.backward(loss, scale_wrt_gas=not deferred)
+
+    def after_micro_batch(self, last: bool) -> None:
+        self.engine.step()  # steps the optimizer (and all-reduces) only at the accumulation boundary
+
+    # ------------------------------------------------------------------ rounds
+    def reduce_means(self, means: dict[str, float]) -> dict[str, float]:
+        keys = sorted(means)
+        values = torch.tensor([means[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(values)
+        return {k: float(v) / self.world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+    def share(self, record: dict[str, Any]) -> dict[str, Any]:
+        box = [record]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def validate(self, evaluator: Any, val_set: Any, batch_size: int) -> dict[str, float]:
+        if not self.is_main:
+            return {}
+        return evaluator.evaluate(self.engine.module, val_set, batch_size=batch_size, device=self.engine.device,
+                                  dtype=self.dtype)
+
+    def _full_state(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (ZeRO-3 gathers its shards: every rank must call this)."""
+        if self.zero_stage == 3:  # needs "stage3_gather_16bit_weights_on_model_save": true
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        return state if self.is_main else None
+
+    def remember_best(self) -> None:
+        state = self._full_state()
+        if state is not None:
+            _save_weights(self.job / "best", state)
+
+    def restore_best(self) -> None:
+        self.use_best = True
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: LoopState) -> None:
+        self.engine.save_checkpoint(str(self.checkpoints), tag=f"round{state.round}",
+                                    client_state={"loop": state.to_json()})
+        if self.is_main:
+            write_json_atomic(self.checkpoints / "fingerprint.json", {"fingerprint": self.fingerprint})
+        dist.barrier()
+
+    def load_checkpoint(self) -> LoopState | None:
+        stored = self.checkpoints / "fingerprint.json"
+        same = stored.is_file() and json.loads(stored.read_text()).get("fingerprint") == self.fingerprint
+        if not (same and (self.checkpoints / "latest").is_file()):
+            dist.barrier()
+            if self.is_main and self.checkpoints.exists():
+                log.info("DeepSpeed checkpoint in %s belongs to another configuration; starting fresh",
+                         self.checkpoints)
+                shutil.rmtree(self.checkpoints, ignore_errors=True)
+                shutil.rmtree(self.job / "best", ignore_errors=True)
+            dist.barrier()
+            return None
+        _, client_state = self.engine.load_checkpoint(str(self.checkpoints))
+        return LoopState.from_json(client_state["loop"])
+
+    def write_final(self) -> None:
+        state = None if self.use_best else self._full_state()
+        if not self.is_main:
+            return
+        final = self.job / "final"
+        if self.use_best:
+            final.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.job / "best" / "model.safetensors", final / "model.safetensors")
+        else:
+            _save_weights(final, state)
+
+    def ranks_in_sync(self) -> bool | None:
+        """Ranks must end with identical trainable weights (every gradient, hook-edited ones included,
+        was reduced): compare a checksum across ranks (ZeRO-3 shards them: not comparable)."""
+        if self.zero_stage >= 3:
+            return None
+        trainable = [p.detach().float().sum() for p in self.engine.module.parameters() if p.requires_grad]
+        checksum = torch.stack(trainable).sum().cpu().reshape(1) if trainable else torch.zeros(1)
+        low, high = checksum.clone(), checksum.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        return bool((high - low).abs() <= 1e-4 * (1.0 + checksum.abs()))
+
+
+def _save_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"))
 
 
 def main() -> None:
@@ -67,95 +178,47 @@ def main() -> None:
 
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="gloo" if _on_cpu() else "nccl")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(cfg.seed)
+    rank = dist.get_rank()
+    torch.manual_seed(cfg.seed + rank)  # each rank its own stream; rank 0 = the in-process stream
 
-    model = build_from_spec(spec["init_spec"])
+    model = build_model(spec["init_spec"])
     model.load_state_dict(load_file(str(job / "init" / "model.safetensors")))
-    train_set = _dataset(spec["train_data"])
-    val_set = _dataset(spec["val_data"]) if spec.get("val_data") else None
+    train_set = dataset_from_spec(spec["train_data"])
+    val_set = dataset_from_spec(spec["val_data"]) if spec.get("val_data") else None
+    evaluator = build_evaluator(spec["evaluator"]) if spec.get("evaluator") else None
     model.begin_stage(spec.get("stage", "main"), train_set)  # before the optimizer: stages (un)freeze parts
-    optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                   config=spec["deepspeed_config"])
-    stage = engine.zero_optimization_stage()
+    optimizer = build_optimizer(model.parameter_groups(cfg.lr, cfg.weight_decay), cfg)
+    per_epoch = None if isinstance(train_set, IterableDataset) else steps_per_epoch(len(train_set), cfg)
+    schedule = build_schedule(optimizer, cfg, cfg.total_steps(per_epoch))
+    engine, optimizer, _, schedule = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                          config=spec["deepspeed_config"])
     hook = model.gradient_hook()
-    if hook is not None and stage >= 2:
+    if hook is not None and engine.zero_optimization_stage() >= 2:
         raise ValueError("this method edits gradients (gradient_hook); ZeRO stage >= 2 partitions them. "
                          "Use zero_optimization.stage 0 or 1 for it.")
     if hook is not None and engine.fp16_enabled():
         raise ValueError("this method edits gradients (gradient_hook) and its deferred loss would be loss-scaled "
                          "twice under fp16; use bf16 (conf/gpu/deepspeed/zero1_bf16.json)")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_collate,
-                        num_workers=cfg.num_workers)
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else (torch.float16 if engine.fp16_enabled() else None)
+    backend = DeepSpeedBackend(engine, job, spec["fingerprint"], dtype)
 
-    run = None
+    callbacks, run = [], None
     if rank == 0 and os.environ.get("MLFLOW_RUN_ID"):
         import mlflow
 
         run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
-    ckpt_dir = job / "ds_checkpoint"
-    start_epoch, history, best, resumed = 0, [], {"epoch": -1, "value": -math.inf}, None
-    if (ckpt_dir / "latest").is_file():
-        _, client_state = engine.load_checkpoint(str(ckpt_dir))
-        start_epoch, history, best = client_state["epoch"] + 1, client_state["history"], client_state["best"]
-        resumed = client_state["epoch"]
+        callbacks.append(MlflowEpochLogger(prefix=spec.get("log_prefix", "")))
     started = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        engine.train()
-        means = train_epoch(engine.module, loader, backward=engine.backward, step=engine.step, hook=hook,
-                            prepare=lambda batch: {k: _to_device(v, engine.device, dtype) for k, v in batch.items()})
-        totals = torch.tensor([means.get("loss", 0.0) * means["steps"], means["steps"]])
-        dist.all_reduce(totals)  # mean train loss over every rank's batches
-        record = {"epoch": epoch + 1, "train/loss": float(totals[0] / max(float(totals[1]), 1.0))}
-        record.update({f"train/{k}": v for k, v in means.items() if k not in ("loss", "steps")})
-        if rank == 0 and val_set is not None:
-            metrics = validation_metrics(engine.module, val_set, cfg.eval_batch_size, engine.device, dtype)
-            record.update({f"val/{k}": v for k, v in metrics.items()})
-        value = record.get(f"val/{cfg.monitor}", -record["train/loss"])
-        if rank == 0:
-            if value > best["value"]:
-                best = {"epoch": epoch + 1, "value": float(value), "metric": f"val/{cfg.monitor}"}
-            history.append(record)
-            if run is not None:
-                import mlflow
-
-                prefix = spec.get("log_prefix", "")
-                mlflow.log_metrics({prefix + k: float(v) for k, v in record.items() if k != "epoch" and v == v},
-                                   step=epoch + 1)
-            print(f"[rank 0] epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.4f}" for k, v in record.items()
-                                                                       if k != "epoch"), flush=True)
-        state = [history, best]
-        dist.broadcast_object_list(state, src=0)  # every rank saves the same client state
-        history, best = state
-        engine.save_checkpoint(str(ckpt_dir), tag=f"epoch{epoch + 1}",
-                               client_state={"epoch": epoch, "history": history, "best": best})
-    # Ranks must end with identical weights (every gradient, hook-edited ones included, was reduced):
-    # compare a checksum of the trainable tensors across ranks (ZeRO-3 shards them: not comparable).
-    in_sync = None
-    if stage < 3:
-        trainable = [p.detach().float().sum() for p in engine.module.parameters() if p.requires_grad]
-        checksum = torch.stack(trainable).sum().cpu().reshape(1) if trainable else torch.zeros(1)
-        low, high = checksum.clone(), checksum.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        in_sync = bool((high - low).abs() <= 1e-4 * (1.0 + checksum.abs()))
-    # ZeRO-3 shards parameters: gather a full copy (rank 0) before writing the final weights.
-    if stage == 3:  # needs "stage3_gather_16bit_weights_on_model_save": true (conf/gpu/deepspeed/zero3.json)
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = engine.module.state_dict()
+    result = run_rounds(engine.module, train_set, val_set, cfg, backend, evaluator=evaluator, callbacks=callbacks,
+                        desc=spec.get("desc", "train"))
+    in_sync = backend.ranks_in_sync()
+    backend.write_final()
     if rank == 0:
-        final = job / "final"
-        final.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(final / "model.safetensors"))
-        write_json_atomic(job / "summary.json", {"history": history, "best": best, "world_size": world,
-                                                 "zero_stage": stage, "resumed_from_epoch": resumed,
-                                                 "ranks_in_sync": in_sync,
-                                                 "seconds": time.perf_counter() - started})
+        write_json_atomic(job / "summary.json", {
+            "history": result.history, "best": result.best, "world_size": backend.world_size,
+            "zero_stage": backend.zero_stage, "resumed_from_epoch": result.resumed_from_epoch,
+            "ranks_in_sync": in_sync, "steps": result.steps, "selected": "best" if backend.use_best else "last",
+            "seconds": time.perf_counter() - started})
         if run is not None:
             import mlflow
 

@@ -1,0 +1,237 @@
+"""Test-time robustness conditions: the one place they are defined, parsed and grouped into suites.
+
+A *condition* is named by one string, so configs, DVC params, MLflow metric prefixes and leaderboard
+rows can carry it: ``clean`` (the untouched input) or ``<kind>_<parameter>``. The built-in kinds:
+
+* ``jpeg_<quality>`` – re-encode as JPEG in memory with PIL at that quality (1..100), e.g. ``jpeg_75``;
+* ``blur_<sigma>`` – Gaussian blur with standard deviation ``sigma`` > 0 pixels, e.g. ``blur_1``;
+* ``resize_<factor>`` – shrink by ``factor`` in (0, 1] and enlarge back to the original size, both
+  bilinear, e.g. ``resize_0.5``.
+
+Families add kinds (DeeperForensics-style saturation, contrast, noise, pixelation for faces) with
+:func:`register_condition_kind`, and named lists with :func:`register_condition_suite`; nothing
+here needs editing. Every condition is a pure, deterministic callable ``PIL.Image -> PIL.Image``
+(no randomness: a degraded test set is reproducible bit for bit on one machine) and picklable (a
+frozen dataclass, not a closure) so it reaches DataLoader worker processes. Every non-identity
+built-in returns an RGB image of the input's size.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+from PIL import Image
+
+from genguard.registry import Registry
+
+Condition = Callable[[Image.Image], Image.Image]
+CLEAN = "clean"
+
+# kind prefix -> factory(parameter text) -> Condition. A factory raises ValueError with the reason
+# when the parameter is malformed or out of range; get_condition adds the list of valid forms.
+CONDITION_KINDS: Registry[Condition] = Registry("condition kind")
+_FORMS: dict[str, str] = {}
+_SUITES: dict[str, tuple[str, ...]] = {}
+# Read-only view: suites change only through register_condition_suite, which validates them.
+CONDITION_SUITES: Mapping[str, tuple[str, ...]] = MappingProxyType(_SUITES)
+
+_PREFIX = re.compile(r"[a-z][a-z0-9]*")  # no "_": the first underscore separates kind and parameter
+_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+
+
+def register_condition_kind(prefix: str, form: str) -> Callable[[Callable[[str], Condition]],
+                                                                  Callable[[str], Condition]]:
+    """Decorator: register ``factory(parameter: str) -> Condition`` for names ``<prefix>_<parameter>``.
+
+    ``form`` describes the valid names for error messages, e.g. ``"jpeg_<quality 1..100>"``.
+    """
+    if not _PREFIX.fullmatch(prefix) or prefix == CLEAN:
+        raise ValueError(f"a condition kind prefix must match {_PREFIX.pattern} and not be {CLEAN!r}, "
+                         f"got {prefix!r}")
+
+    def decorate(factory: Callable[[str], Condition]) -> Callable[[str], Condition]:
+        CONDITION_KINDS.register(prefix)(factory)
+        _FORMS[prefix] = form
+        return factory
+
+    return decorate
+
+
+def valid_forms() -> str:
+    """Every valid spelling, for error messages and ``--help`` texts."""
+    return " | ".join([CLEAN, *(_FORMS[prefix] for prefix in CONDITION_KINDS.names())])
+
+
+def parse_number(text: str, what: str) -> float:
+    """A non-negative decimal (``1``, ``0.5``, ``.5``); ValueError naming ``what`` otherwise."""
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"{what} must be a non-negative number, got {text!r}")
+    return float(text)
+
+
+def format_number(value: float) -> str:
+    """Canonical spelling, so ``blur_1.0`` and ``blur_1`` name the same condition in logs."""
+    return f"{value:g}"
+
+
+# ------------------------------------------------------------------------------------ built-in kinds
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str = CLEAN
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image
+
+
+@dataclass(frozen=True)
+class JpegReencode:
+    quality: int
+
+    @property
+    def name(self) -> str:
+        return f"jpeg_{self.quality}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        # Chroma subsampling changes the damage a lot; pin it (4:2:0, libjpeg's usual default) so the
+        # degradation does not depend on Pillow's defaults of the day.
+        image.convert("RGB").save(buffer, format="JPEG", quality=self.quality, subsampling=2)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            return decoded.convert("RGB")
+
+
+@dataclass(frozen=True)
+class GaussianBlur:
+    sigma: float
+
+    @property
+    def name(self) -> str:
+        return f"blur_{format_number(self.sigma)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        # scipy's exact Gaussian (per channel, reflect border) is what the CNNDetection/AIGIBench
+        # robustness code uses, so "sigma" means the same as in their tables; PIL's GaussianBlur is
+        # a box-filter approximation.
+        from scipy.ndimage import gaussian_filter
+
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        blurred = gaussian_filter(pixels, sigma=(self.sigma, self.sigma, 0), mode="reflect")
+        return Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8), mode="RGB")
+
+
+@dataclass(frozen=True)
+class DownUpResize:
+    factor: float
+
+    @property
+    def name(self) -> str:
+        return f"resize_{format_number(self.factor)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        small = (max(1, round(width * self.factor)), max(1, round(height * self.factor)))
+        return rgb.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+
+
+@register_condition_kind("jpeg", "jpeg_<quality 1..100>")
+def jpeg_condition(parameter: str) -> Condition:
+    if not parameter.isdigit():
+        raise ValueError(f"JPEG quality must be an integer, got {parameter!r}")
+    quality = int(parameter)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    return JpegReencode(quality)
+
+
+@register_condition_kind("blur", "blur_<sigma > 0 px>")
+def blur_condition(parameter: str) -> Condition:
+    sigma = parse_number(parameter, "blur sigma")
+    if sigma <= 0:
+        raise ValueError(f"blur sigma must be > 0 (use {CLEAN!r} for none), got {parameter!r}")
+    return GaussianBlur(sigma)
+
+
+@register_condition_kind("resize", "resize_<factor in (0, 1]>")
+def resize_condition(parameter: str) -> Condition:
+    factor = parse_number(parameter, "resize factor")
+    if not 0 < factor <= 1:
+        raise ValueError(f"resize factor must be in (0, 1], got {parameter!r}")
+    return DownUpResize(factor)
+
+
+# ------------------------------------------------------------------------------------ lookup
+
+
+def get_condition(name: str) -> Condition:
+    """Parse ``name`` (``clean`` or ``<kind>_<parameter>``, case-insensitive) into its callable.
+
+    The result has a ``name`` attribute with the canonical spelling (``blur_1.0`` -> ``blur_1``).
+    Raises ValueError for an unknown kind or a bad parameter, listing the valid forms.
+    """
+    text = str(name).strip().lower()
+    if text == CLEAN:
+        return Identity()
+    prefix, separator, parameter = text.partition("_")
+    if not separator or prefix not in CONDITION_KINDS:
+        raise ValueError(f"unknown condition {name!r}; valid: {valid_forms()}")
+    try:
+        return CONDITION_KINDS.get(prefix)(parameter)
+    except ValueError as error:
+        raise ValueError(f"bad condition {name!r}: {error}; valid: {valid_forms()}") from None
+
+
+def canonical_condition(name: str) -> str:
+    """The canonical spelling of a condition name (validates it)."""
+    return get_condition(name).name
+
+
+def register_condition_suite(name: str, conditions: Sequence[str]) -> None:
+    """Name a list of conditions (validated, canonicalised, ``clean`` first) for configs to refer to."""
+    if not name or name in _SUITES:
+        raise ValueError(f"condition suite {name!r} is empty or registered already")
+    if isinstance(conditions, str):
+        raise TypeError("a condition suite is a list of condition names, not one string")
+    _SUITES[name] = tuple(_resolve_list(conditions))
+
+
+def _resolve_list(names: Sequence[str]) -> list[str]:
+    canonical = [canonical_condition(name) for name in names]
+    duplicated = sorted({name for name in canonical if canonical.count(name) > 1})
+    if duplicated:
+        raise ValueError(f"condition(s) listed more than once (after canonical spelling): {duplicated}")
+    # clean first: it is the reference every degraded number is compared with, and the ranking condition.
+    return [CLEAN, *(name for name in canonical if name != CLEAN)]
+
+
+def resolve_conditions(spec: str | Sequence[str]) -> list[str]:
+    """The canonical condition names a spec stands for, ``clean`` always first.
+
+    ``spec`` is a suite name (see :data:`CONDITION_SUITES`) or a list of condition names. Each name is
+    validated and canonicalised; duplicates are refused; ``clean`` is added when absent and moved to
+    the front when present.
+    """
+    if isinstance(spec, str):
+        if spec in _SUITES:
+            return list(_SUITES[spec])
+        hint = ""
+        try:
+            hint = f"; to run the single condition, give a list: [{canonical_condition(spec)!r}]"
+        except ValueError:
+            pass
+        raise ValueError(f"unknown condition suite {spec!r}; known suites: {sorted(_SUITES)}{hint}")
+    if not isinstance(spec, Sequence):
+        raise TypeError("conditions must be a suite name or a list of condition names, "
+                        f"got {type(spec).__name__}")
+    return _resolve_list(spec)
+
+
+register_condition_suite("aigi_robustness", ("clean", "jpeg_95", "jpeg_75", "blur_1", "blur_2", "resize_0.5"))

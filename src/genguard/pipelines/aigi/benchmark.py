@@ -1,0 +1,172 @@
+"""Nodes of ``aigi_benchmark``: every AIGI detector under one protocol, one leaderboard.
+
+Protocol: the shared ``data`` block decides the images and the training families (embedded default:
+train on ``gan_upsampler``, test on all four families); every detector trains with its own
+parameter block (``params:<detector>``) and is tested on every family, clean and under each
+condition of ``aigi_benchmark.conditions`` (a named suite of ``genguard.evaluation.conditions`` or a
+list). Frozen-backbone detectors read their features from one store, encoded once per (backbone,
+input preprocessing) and shared by every detector with that key, degraded test sets included.
+
+MLflow: the run of ``kedro run`` is the parent; each detector trains and evaluates in a nested
+child run (its curves, per-generator metrics and plots); the leaderboard goes to the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+
+from genguard.data.manifest import DataValidationError
+from genguard.evaluation import leaderboard as lb
+from genguard.evaluation.conditions import resolve_conditions
+from genguard.evaluation.grouping import group_table
+from genguard.families.aigi import GROUP
+from genguard.pipelines.aigi import nodes as detector_nodes
+from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation, log_params_flat, safe_metric_name
+from genguard.training import fingerprint
+
+log = logging.getLogger(__name__)
+SYSTEM = "detector"
+RANK_METRICS = ("acc", "ap")
+
+
+def benchmark_conditions(benchmark: dict[str, Any]) -> list[str]:
+    return resolve_conditions(benchmark.get("conditions") or ["clean"])
+
+
+# ------------------------------------------------------------------------------ shared features
+def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchmark: dict[str, Any],
+                           *models: dict[str, Any]) -> dict[str, Any]:
+    """One feature cache per distinct frozen (backbone, preprocessing), handed to every detector using it.
+
+    Returns ``{"caches": {detector: cache}, "report": {...}}``; the report counts the encoder
+    passes the sharing saved (what per-detector caching would have spent on top).
+    """
+    conditions = benchmark_conditions(benchmark)
+    caches: dict[str, dict[str, torch.Tensor]] = {}
+    by_key: dict[str, dict[str, Any]] = {}
+    for model in models:
+        detector = detector_nodes.build_from_params(model)
+        if not detector.frozen_backbone:
+            continue
+        preprocess = detector_nodes.preprocess_for(detector, data)
+        key = fingerprint(detector.init_spec.get("backbone"), preprocess.to_dict())
+        entry = by_key.get(key)
+        if entry is None:
+            started = time.perf_counter()
+            cache = detector_nodes.cache_features(manifest, model, data, conditions, detector=detector)
+            entry = by_key[key] = {"cache": cache, "seconds": time.perf_counter() - started, "detectors": [],
+                                   "images_encoded": int(sum(v.shape[0] for k, v in cache.items()
+                                                             if k.startswith("features")))}
+        entry["detectors"].append(model["method"])
+        caches[model["method"]] = entry["cache"]
+    keys = [{"key": key, "detectors": entry["detectors"], "encode_seconds": round(entry["seconds"], 3),
+             "images_encoded": entry["images_encoded"]} for key, entry in by_key.items()]
+    saved = sum((len(entry["detectors"]) - 1) * entry["seconds"] for entry in by_key.values())
+    report = {"feature_keys": keys, "frozen_detectors": sorted(caches),
+              "encode_seconds": round(sum(entry["seconds"] for entry in by_key.values()), 3),
+              "encode_seconds_saved_by_sharing": round(saved, 3),
+              "encoder_images_saved_by_sharing": sum((len(e["detectors"]) - 1) * e["images_encoded"]
+                                                      for e in by_key.values())}
+    log.info("shared feature store: %s", report)
+    return {"caches": caches, "report": report}
+
+
+# ------------------------------------------------------------------------------ one detector
+def _long_results(method: str, scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    frames = []
+    for condition, group in scores.groupby("condition", sort=False):
+        table = group_table(group, GROUP, threshold=threshold)
+        table = table[table[GROUP] != "mean"]
+        frames.append(table.assign(**{SYSTEM: method, "condition": condition}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def benchmark_detector(manifest: pd.DataFrame, shared: dict[str, Any], params: dict[str, Any],
+                       data: dict[str, Any], benchmark: dict[str, Any]) -> pd.DataFrame:
+    """Train + evaluate one detector in a child MLflow run; long per-generator results per condition.
+
+    Any failure propagates: a detector that cannot be benchmarked fails the pipeline (it is never
+    left out of the leaderboard).
+    """
+    model = params["model"]
+    method = model["method"]
+    features = shared["caches"].get(method)
+    evaluation = {**params["evaluation"], "conditions": benchmark_conditions(benchmark)}
+    checkpoint_dir = str(Path(benchmark["checkpoint_dir"]) / method)
+    with active_or_new_run(benchmark.get("experiment", "genguard"), "aigi_benchmark"), \
+            mlflow.start_run(run_name=method, nested=True):
+        mlflow.set_tags({"genguard.benchmark": "aigi_benchmark", "genguard.detector": method})
+        log_params_flat({"model": model, "train": params["train"], "augment": params.get("augment") or {}})
+        started = time.perf_counter()
+        trained, summary = detector_nodes.train_detector(manifest, features, model, params["train"],
+                                                         params.get("augment") or {}, data, checkpoint_dir)
+        scores, metrics, _headline, table, figures, _roc = detector_nodes.evaluate_detector(
+            trained, manifest, features, evaluation, data)
+        log_evaluation(metrics, table, figures, group_column=GROUP)  # test/mean_acc, test_<condition>/mean_acc, ...
+        results = _long_results(method, scores, float(evaluation.get("threshold", 0.5)))
+        mlflow.log_metric("benchmark_seconds", time.perf_counter() - started)
+    log.info("%s: trained in %.1f s, clean mean acc %.3f", method, summary["seconds"],
+             results.loc[results["condition"] == "clean", "acc"].mean())
+    return results
+
+
+# ------------------------------------------------------------------------------ leaderboard
+def expected_generators(manifest: pd.DataFrame, benchmark: dict[str, Any]) -> list[str]:
+    """The families the leaderboard must cover: configured, else every family in the dataset."""
+    configured = benchmark.get("generators")
+    if configured:
+        return list(configured)
+    return sorted(manifest[GROUP].astype(str).unique())
+
+
+def build_leaderboard(manifest: pd.DataFrame, data: dict[str, Any], benchmark: dict[str, Any],
+                      shared: dict[str, Any], *results: pd.DataFrame
+                      ) -> tuple[pd.DataFrame, str, dict[str, bytes], dict[str, Any], dict[str, Any]]:
+    """Leaderboard CSV, Markdown, heatmaps, DVC metrics and DVC plot records; logged to the parent run."""
+    combined = pd.concat(results, ignore_index=True)
+    detectors = list(dict.fromkeys(frame[SYSTEM].iloc[0] for frame in results if len(frame)))
+    if len(detectors) != len(results):
+        raise DataValidationError("a detector produced no results at all; see its child run in MLflow")
+    generators = expected_generators(manifest, benchmark)
+    trained_on = detector_nodes.training_generators(data) or []
+    board = lb.build_leaderboard(combined, systems=detectors, groups=generators,
+                                 conditions=benchmark_conditions(benchmark),
+                                 held_out=[g for g in generators if g not in trained_on] or None,
+                                 rank_by=RANK_METRICS, system_column=SYSTEM, group_column=GROUP)
+    markdown = lb.leaderboard_markdown(board, title="AIGI detection leaderboard", train_groups=trained_on,
+                                       group_label="generator", system_label=SYSTEM)
+    figures = {"heatmap_acc": lb.leaderboard_heatmap_png(board, "acc"),
+               "heatmap_ap": lb.leaderboard_heatmap_png(board, "ap")}
+    metrics = lb.leaderboard_metrics(board)
+    plot = {"leaderboard": lb.leaderboard_plot_records(board)}
+    _log_leaderboard(board, markdown, figures, metrics, shared["report"], benchmark)
+    return board, markdown, figures, metrics, plot
+
+
+def _log_leaderboard(board: pd.DataFrame, markdown: str, figures: dict[str, bytes], metrics: dict[str, Any],
+                     shared_report: dict[str, Any], benchmark: dict[str, Any]) -> None:
+    with active_or_new_run(benchmark.get("experiment", "genguard"), "aigi_benchmark"):
+        flat = {}
+        for detector, values in metrics.items():
+            flat.update({safe_metric_name(f"{detector}/{k}"): float(v) for k, v in values.items()
+                         if isinstance(v, int | float) and v is not None})
+        mlflow.log_metrics(flat)
+        mlflow.log_metric("shared_features/encode_seconds_saved", shared_report["encode_seconds_saved_by_sharing"])
+        with tempfile.TemporaryDirectory(prefix="genguard-leaderboard-") as tmp:
+            folder = Path(tmp)
+            board.to_csv(folder / "leaderboard.csv", index=False)
+            (folder / "leaderboard.md").write_text(markdown, encoding="utf-8")
+            (folder / "leaderboard_metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+            (folder / "shared_features.json").write_text(json.dumps(shared_report, indent=2))
+            for name, payload in figures.items():
+                (folder / f"{name}.png").write_bytes(payload)
+            mlflow.log_artifacts(str(folder), artifact_path="leaderboard")

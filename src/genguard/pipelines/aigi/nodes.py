@@ -1,0 +1,314 @@
+"""Nodes of the AIGI detector template: thin adapters from Kedro parameters to the family and core.
+
+ingest -> validate -> cache_features (frozen backbones only) -> train -> evaluate -> register.
+Every function is pure in its inputs and outputs except ``register_detector`` (MLflow) and the
+validation report file, whose path is a parameter so it survives a failed validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genguard.data.datasets import FeatureRows
+from genguard.data.images import ManifestImages, Preprocess
+from genguard.data.loaders import make_loader
+from genguard.data.manifest import BadFile, DataValidationError
+from genguard.data.sources import resolve_source, train_groups
+from genguard.data.splits import protocol_splits
+from genguard.data.validation import validate_manifest
+from genguard.evaluation import plots
+from genguard.evaluation.conditions import get_condition
+from genguard.evaluation.evaluators import BinaryEvaluator, predict_outputs
+from genguard.evaluation.grouping import group_table, summarise
+from genguard.families.aigi import AIGI_SCHEMA, FAMILY, GROUP, Detector, build_detector
+from genguard.families.aigi.captions import captions_for
+from genguard.families.aigi.inference import TrainedDetector, fake_probability
+from genguard.io.model_files import save_model_dir
+from genguard.progress import progress
+from genguard.tracking.callbacks import MlflowEpochLogger
+from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation
+from genguard.tracking.registry import log_and_register_model
+from genguard.training import TrainConfig, count_parameters, fingerprint, fit
+from genguard.training.deepspeed_backend import fit_distributed
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ data
+def ingest_images(data: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Manifest of the images ``data.source`` names: a registered source or a folder."""
+    result = resolve_source(FAMILY, data).ingest(data)
+    return result.manifest, [asdict(bad) for bad in result.bad_files]
+
+
+def validate_dataset(raw_manifest: pd.DataFrame, bad_files: list[dict[str, str]], data: dict[str, Any],
+                     reports_dir: str) -> pd.DataFrame:
+    """Stops the run (or drops bad files, per ``data.on_bad_file``) before any training starts."""
+    manifest, _report = validate_manifest(
+        raw_manifest, [BadFile(**bad) for bad in bad_files], schema=AIGI_SCHEMA,
+        report_path=Path(reports_dir) / "data_validation.json",
+        on_bad_file=data.get("on_bad_file", "fail"), min_side=data.get("min_side", 32),
+        expectations=data.get("great_expectations", True))
+    return manifest
+
+
+def training_generators(data: dict[str, Any]) -> list[str] | None:
+    """``data.train_generators``, else the data source's own protocol (embedded: ``gan_upsampler``)."""
+    return train_groups(FAMILY, data, GROUP)
+
+
+def protocol_frames(manifest: pd.DataFrame, data: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    return protocol_splits(manifest, group_column=GROUP, train_groups=training_generators(data),
+                           max_per_group=data.get("max_per_group"), seed=data.get("seed", 0))
+
+
+def preprocess_for(detector: Detector, data: dict[str, Any]) -> Preprocess:
+    backbone = detector.backbone
+    options = {"image_size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std,
+               "resize_mode": data.get("resize_mode", "resize")}
+    options.update(detector.preprocess_overrides())  # e.g. NS-Net/DGS-Net: patch selection, ImageNet stats
+    return Preprocess(**options)
+
+
+def caption_features(detector: Detector, frame: pd.DataFrame, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Row-aligned caption embeddings for methods that read captions; {} for the others.
+
+    Missing captions fail here, before any training step (``captions_for`` names the files).
+    """
+    if not detector.uses_captions:
+        return {}
+    return {"text_features": detector.encode_captions(captions_for(frame, data.get("captions")))}
+
+
+def build_from_params(model: dict[str, Any]) -> Detector:
+    return build_detector(model["method"], backbone=model.get("backbone"), **(model.get("options") or {}))
+
+
+# ----------------------------------------------------------------------------------- features
+def encode_rows(detector: Detector, frame: pd.DataFrame, preprocess: Preprocess, condition: str = "clean",
+                batch_size: int = 128) -> torch.Tensor:
+    """Frozen-encoder features of ``frame``'s images (optionally degraded first), in row order."""
+    images = ManifestImages(frame, preprocess, condition=None if condition == "clean" else get_condition(condition))
+    detector.eval()
+    features = []
+    with torch.no_grad():
+        for batch in progress(make_loader(images, batch_size, shuffle=False), desc=f"encoding ({condition})",
+                              unit="batch"):
+            features.append(detector.encode(batch["image"]))
+    return torch.cat(features).contiguous() if features else torch.zeros(0)
+
+
+def _sha_tensor(frame: pd.DataFrame) -> torch.Tensor:
+    sha = np.stack([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in frame["sha256"]])
+    return torch.from_numpy(sha.copy())
+
+
+def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str, Any],
+                   conditions: list[str] | tuple[str, ...] = (),
+                   detector: Detector | None = None) -> dict[str, torch.Tensor]:
+    """Frozen backbones: encode every row once; training and evaluation reuse it.
+
+    Clean features cover every split (key ``features``); each test-time condition in ``conditions``
+    is encoded once for the test rows (``features@<name>``). Rows are keyed by sha256 so the cache
+    stays valid whatever order later nodes read it in. Returns empty tensors for methods that
+    fine-tune the backbone. ``detector``: one already built from ``model`` (not rebuilt).
+    """
+    detector = detector if detector is not None else build_from_params(model)
+    if not detector.frozen_backbone:
+        return {"features": torch.zeros(0), "row_sha256": torch.zeros(0, dtype=torch.uint8)}
+    preprocess = preprocess_for(detector, data)
+    frames = protocol_frames(manifest, data)
+    rows = pd.concat(frames.values()).drop_duplicates("path").reset_index(drop=True)
+    cache = {"features": encode_rows(detector, rows, preprocess), "row_sha256": _sha_tensor(rows)}
+    test = frames["test"].drop_duplicates("path").reset_index(drop=True)
+    degraded = [c for c in conditions if c != "clean"]
+    for condition in degraded:
+        cache[f"features@{condition}"] = encode_rows(detector, test, preprocess, condition)
+        cache[f"row_sha256@{condition}"] = _sha_tensor(test)
+    log.info("cached %d backbone features of size %d (+ %d degraded test sets)", len(rows),
+             cache["features"].shape[1] if len(rows) else 0, len(degraded))
+    return cache
+
+
+def _feature_rows(cache: dict[str, torch.Tensor], frame: pd.DataFrame, condition: str = "clean",
+                  extras: dict[str, torch.Tensor] | None = None) -> FeatureRows:
+    suffix = "" if condition == "clean" else f"@{condition}"
+    index = {bytes(row.numpy()).hex(): i for i, row in enumerate(cache["row_sha256" + suffix])}
+    try:
+        positions = [index[h] for h in frame["sha256"]]
+    except KeyError as missing:
+        raise DataValidationError(f"feature cache lacks the image with sha256 {missing}; "
+                                  "rerun the cache_features node (the manifest changed)") from None
+    return FeatureRows(cache["features" + suffix][positions], torch.as_tensor(frame["label"].to_numpy().copy()),
+                       extras=extras)
+
+
+def has_features(cache: dict[str, torch.Tensor] | None, condition: str = "clean") -> bool:
+    key = "features" if condition == "clean" else f"features@{condition}"
+    return cache is not None and cache.get(key) is not None and cache[key].numel() > 0
+
+
+# ------------------------------------------------------------------------------------ training
+def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], model: dict[str, Any],
+                   train: dict[str, Any], augment: dict[str, Any], data: dict[str, Any],
+                   checkpoint_dir: str) -> tuple[TrainedDetector, dict[str, Any]]:
+    """Build the detector (seeded), then one training-loop run per stage (most methods: one).
+
+    Stage ``s`` of a multi-stage method checkpoints under ``checkpoint_dir/s`` and logs its curves
+    to MLflow as ``s/...``; the last stage logs plain ``train/*``/``val/*`` and picks the champion.
+    """
+    config = TrainConfig.from_dict(train)
+    # Heads, adapters and noise generators are initialised from the global RNG: seed it here, or
+    # two runs of the same config start from different weights (torch seeds each process randomly).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        detector = build_from_params(model)
+    preprocess = preprocess_for(detector, data)
+    frames = protocol_frames(manifest, data)
+    train_extras = caption_features(detector, frames["train"], data)
+    val_extras = caption_features(detector, frames["val"], data)
+    if has_features(features):
+        train_set = _feature_rows(features, frames["train"], extras=train_extras)
+        val_set = _feature_rows(features, frames["val"], extras=val_extras)
+    else:
+        hflip = bool((augment or {}).get("hflip", False))
+        train_set = ManifestImages(frames["train"], preprocess, hflip=hflip, train=True, extras=train_extras)
+        val_set = ManifestImages(frames["val"], preprocess, extras=val_extras)
+    data_key = fingerprint(sorted(frames["train"]["sha256"]), sorted(frames["val"]["sha256"]),
+                           preprocess.to_dict(), data.get("captions"), augment)
+    log.info("training %s on %d images (val %d) with the %s backend", model["method"], len(train_set),
+             len(val_set), config.backend)
+
+    evaluator = BinaryEvaluator()
+    stages = detector.training_stages()
+    history: list[dict[str, Any]] = []
+    seconds, resumed, result = 0.0, None, None
+    for position, (stage, overrides) in enumerate(stages):
+        last = position == len(stages) - 1
+        stage_config = config.with_overrides(overrides)
+        stage_dir = Path(checkpoint_dir) if len(stages) == 1 else Path(checkpoint_dir) / stage
+        detector.begin_stage(stage, train_set)
+        logger = MlflowEpochLogger(prefix="" if last else f"{stage}/")
+        stage_key = fingerprint(data_key, stage, position)
+        if stage_config.backend == "deepspeed":
+            result = fit_distributed(detector, train_set, val_set, stage_config, checkpoint_dir=stage_dir,
+                                     evaluator=evaluator, stage=stage, log_prefix=logger.prefix,
+                                     data_fingerprint=stage_key, desc=f"{model['method']} {stage}")
+        else:
+            result = fit(detector, train_set, val_set, stage_config, evaluator=evaluator, checkpoint_dir=stage_dir,
+                         callbacks=[logger], data_fingerprint=stage_key, desc=f"{model['method']} {stage}")
+        logger.backfill(result.history)
+        history.extend({"stage": stage, **record} for record in result.history)
+        seconds += result.seconds
+        resumed = result.resumed_from_epoch if resumed is None else resumed
+    summary = {"method": model["method"], "history": history, "best": result.best,
+               "stages": [stage for stage, _ in stages],
+               "resumed_from_epoch": resumed, "seconds": seconds,
+               "n_train": len(train_set), "n_val": len(val_set), "backend": config.backend,
+               "trainable_parameters": count_parameters(detector)}
+    extra: dict[str, Any] = {"best": result.best}
+    if detector.uses_captions:
+        extra["captions"] = data.get("captions") or {"kind": "template"}
+    return TrainedDetector(detector, preprocess, extra), summary
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def _scores(detector: TrainedDetector, frame: pd.DataFrame, features: dict[str, torch.Tensor] | None,
+            condition: str, batch_size: int, extras: dict[str, torch.Tensor]) -> np.ndarray:
+    if has_features(features, condition):
+        dataset = _feature_rows(features, frame, condition, extras=extras)
+    else:
+        dataset = ManifestImages(frame, detector.preprocess, extras=extras,
+                                 condition=None if condition == "clean" else get_condition(condition))
+    logits = predict_outputs(detector.model, dataset, batch_size=batch_size, desc=f"scoring ({condition})")
+    return fake_probability(logits)
+
+
+def evaluate_detector(detector: TrainedDetector, manifest: pd.DataFrame, features: dict[str, torch.Tensor],
+                      evaluation: dict[str, Any], data: dict[str, Any]
+                      ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float], pd.DataFrame, dict[str, bytes],
+                                 dict[str, Any]]:
+    """Per-generator metrics on the test split, clean and under each condition, plus plots.
+
+    Returns (scores, the full evaluation summary, the headline numbers DVC tracks, the per-generator
+    table, figures, ROC points).
+    """
+    threshold = float(evaluation.get("threshold", 0.5))
+    batch_size = int(evaluation.get("batch_size", 128))
+    test = protocol_frames(manifest, data)["test"]
+    if test.empty:
+        raise DataValidationError("the test split is empty: nothing to evaluate (check data.split_fractions)")
+    detector.model.eval()
+    # Only methods that classify with captions get them at test time (DGS-Net uses them in training
+    # only). Degraded copies keep their clean image's caption: a captioner names the scene, which they share.
+    needs_text = getattr(detector.model, "needs_captions_at_inference", False)
+    extras = caption_features(detector.model, test, data) if needs_text else {}
+    frames = []
+    for condition in ["clean", *[c for c in evaluation.get("conditions", []) if c != "clean"]]:
+        scored = test[["path", GROUP, "label", "sha256"]].copy()
+        scored["score"] = _scores(detector, test, features, condition, batch_size, extras)
+        scored["condition"] = condition
+        frames.append(scored)
+    scores = pd.concat(frames, ignore_index=True)
+    clean = scores[scores["condition"] == "clean"]
+    summary = summarise(clean, GROUP, threshold=threshold)
+    summary["conditions"] = {
+        name: {k: v for k, v in summarise(group, GROUP, threshold=threshold).items()
+               if k in ("acc", "ap", "auc", "mean_acc", "mean_ap")}
+        for name, group in scores.groupby("condition") if name != "clean"}
+    table = group_table(clean, GROUP, threshold=threshold)
+    figures = {
+        "roc_curve": plots.roc_curve_png(clean, GROUP),
+        "score_histogram": plots.score_histogram_png(clean, threshold),
+        "confusion_matrix": plots.confusion_matrix_png(clean["label"].to_numpy(), clean["score"].to_numpy(),
+                                                       threshold),
+        "per_generator": plots.group_bar_png(table, GROUP),
+    }
+    return scores, summary, headline(summary, table, data), table, figures, roc_records(clean)
+
+
+def roc_records(frame: pd.DataFrame, max_points: int = 200) -> dict[str, Any]:
+    """The pooled ROC curve as at most ``max_points`` records, for ``dvc plots``."""
+    points = plots.roc_points(frame["label"].to_numpy(), frame["score"].to_numpy())
+    if points is None:
+        return {"roc": []}
+    fpr, tpr, _ = points
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_points)).round().astype(int))
+    return {"roc": [{"fpr": float(fpr[i]), "tpr": float(tpr[i])} for i in keep]}
+
+
+def headline(summary: dict[str, Any], table: pd.DataFrame, data: dict[str, Any]) -> dict[str, float]:
+    """The few numbers ``dvc metrics show`` compares across runs (the rest stays in CSV and plots):
+    clean AUC, unweighted means over generators, and the means over held-out generators."""
+    trained_on = set(training_generators(data) or [])
+    rows = table[(table[GROUP] != "mean") & ~table[GROUP].isin(trained_on)]
+    out = {"auc": summary["auc"], "mean_acc": summary["mean_acc"], "mean_ap": summary["mean_ap"],
+           "held_out_mean_acc": float(rows["acc"].mean()) if len(rows) else float("nan"),
+           "held_out_mean_ap": float(rows["ap"].mean()) if len(rows) else float("nan")}
+    return {key: round(float(value), 6) if value == value else None for key, value in out.items()}
+
+
+# -------------------------------------------------------------------------------- registration
+def register_detector(detector: TrainedDetector, train_summary: dict[str, Any], metrics: dict[str, Any],
+                      per_generator: pd.DataFrame, figures: dict[str, bytes],
+                      registry: dict[str, Any]) -> dict[str, Any]:
+    """Log evaluation + model to the active MLflow run; register a version; move aliases."""
+    best = train_summary["best"]
+    with active_or_new_run(registry.get("experiment", "genguard"), train_summary["method"]):
+        log_evaluation(metrics, per_generator, figures, group_column=GROUP)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = save_model_dir(detector.model, Path(tmp) / "model", extra=detector.files_extra())
+            info = log_and_register_model(
+                model_dir, registered_model_name=registry["model_name"],
+                validation_metric=best["metric"], validation_value=float(best["value"]),
+                greater_is_better=best.get("mode", "max") == "max")
+    log.info("registered %s version %s (aliases: %s)", info["name"], info["version"], info["aliases"])
+    return info
