@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 # OpenMP threads that spin while waiting stall torch badly when the 2 cores are shared.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run test ui bench data clean-outputs
+.PHONY: install run test ui bench data repro metrics viz dvc-yaml
 
 install: $(STAMP) $(PHOTOS)/.genguard_debian_photos.json
 
@@ -37,7 +37,21 @@ data: install
 	$(VENV)/bin/kedro run --pipelines=aigi_data
 
 run: install
-	$(VENV)/bin/kedro run --pipeline=pin_clip
+	$(VENV)/bin/kedro run --pipelines=pin_clip
+
+# DVC runs `kedro run` per stage: it needs the virtual environment's bin first on PATH.
+repro: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+metrics: install
+	$(VENV)/bin/dvc metrics show
+
+viz: install
+	$(VENV)/bin/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
+
+# dvc.yaml is generated from the pipeline registry (a test fails when they disagree).
+dvc-yaml: install
+	$(PY) -m genguard.dvc_stages --write
 
 test: install
 	$(PY) -m pytest

@@ -7,13 +7,16 @@ cache      UnivFD training for 10 epochs on cached features vs recomputing the f
            epoch (target: >= 5x faster).
 inference  images/s of a trained PiN-CLIP detector (LoRA merged) vs the bare backbone forward on the
            same batch (target: within 15%).
-run        wall time and peak RSS of `kedro run --pipeline=pin_clip` (target: < 3 min after install).
+run        wall time and peak RSS of `kedro run --pipelines=pin_clip` (target: < 3 min after install).
 dgs_step   per-step cost of a DGS-Net student step (teacher forward + caption head + gradient surgery)
            vs plain LoRA fine-tuning on the same batch (target: surgery well under 2x); tiny 32-px ViT and
            a random-init ViT-B/16 at 224 px (the paper's token count regime), surgery on and off.
 shared     frozen-feature store: two frozen detectors with one backbone + input (UnivFD and NS-Net's
            frozen-encoder option) encoded once vs once per detector, degraded test sets included.
-benchmark  wall time and peak RSS of `kedro run --pipeline=aigi_benchmark` (target: < 15 min on 2 cores).
+benchmark  wall time and peak RSS of `kedro run --pipelines=aigi_benchmark` (target: < 15 min on 2 cores).
+ingestion  checking a generated 20k-image ForenSynths folder: first pass on 1 and 2 processes, second pass
+           from the file-check cache (targets: second >= 20x faster, 2 processes >= 1.6x faster); the
+           standalone script is benchmarks/ingestion.py.
 """
 
 from __future__ import annotations
@@ -33,28 +36,28 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _embedded_manifest():
+    """The embedded default AIGI dataset as the pipelines see it (built once, cached)."""
     import yaml
 
-    from genguard.data.default_aigi import build_default_aigi_dataset
+    from genguard.data.sources import resolve_source
 
+    os.chdir(ROOT)
     data = yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text())["data"]
-    embedded = data["embedded"]
-    manifest = build_default_aigi_dataset(ROOT / embedded["out_dir"], embedded["config"],
-                                          photo_root=ROOT / embedded["photo_root"], progress=False)
-    return manifest, data
+    return resolve_source("aigi", data).ingest(data).manifest, data
 
 
 def bench_cache(epochs: int = 10) -> dict:
     """Same model, same data, same epochs: features cached once vs backbone forward every epoch."""
-    from genguard.data.splits import protocol_splits
-    from genguard.data.transforms import FeatureRows, ManifestImages, Preprocess
-    from genguard.methods import build_detector
-    from genguard.training.engine import TrainConfig, fit, make_loader
+    from genguard.data.datasets import FeatureRows
+    from genguard.data.images import ManifestImages, Preprocess
+    from genguard.data.loaders import make_loader
+    from genguard.families.aigi import build_detector
+    from genguard.pipelines.aigi.nodes import protocol_frames
+    from genguard.training import TrainConfig, fit
 
-    os.chdir(ROOT)
     manifest, data = _embedded_manifest()
-    train = protocol_splits(manifest, data["embedded"]["train_generators"])["train"]
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, hflip=False, select_best=False)
+    train = protocol_frames(manifest, data)["train"]
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, select_best=False)
 
     model = build_detector("univfd", backbone={"name": "genguard-tiny-vit"})
     pre = Preprocess(model.backbone.image_size, model.backbone.image_mean, model.backbone.image_std)
@@ -75,12 +78,12 @@ def bench_cache(epochs: int = 10) -> dict:
 
 def bench_inference(batch: int = 256, repeats: int = 5) -> dict:
     """Trained detector (as loaded for inference) vs the bare backbone on one batch."""
-    from genguard.io.model_store import load_detector
+    from genguard.families.aigi.inference import load_detector
     from genguard.models.backbones import create_backbone
 
     model_dir = ROOT / "data/06_models/pin_clip"
     if not (model_dir / "config.json").is_file():
-        raise SystemExit("run `kedro run --pipeline=pin_clip` first (needs data/06_models/pin_clip)")
+        raise SystemExit("run `kedro run --pipelines=pin_clip` first (needs data/06_models/pin_clip)")
     detector = load_detector(model_dir).model.eval()
     backbone = create_backbone(detector.init_spec["backbone"]).eval()
     x = torch.randn(batch, 3, backbone.image_size, backbone.image_size)
@@ -101,10 +104,10 @@ def bench_inference(batch: int = 256, repeats: int = 5) -> dict:
 
 
 def _kedro_run(pipeline: str) -> dict:
-    """Wall time and peak RSS of a real `kedro run --pipeline=<pipeline>` (dataset already built)."""
+    """Wall time and peak RSS of a real `kedro run --pipelines=<pipeline>` (dataset already built)."""
     kedro = Path(sys.executable).parent / "kedro"
     started = time.perf_counter()
-    subprocess.run([str(kedro), "run", f"--pipeline={pipeline}"], cwd=ROOT, check=True,
+    subprocess.run([str(kedro), "run", f"--pipelines={pipeline}"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over children so far
@@ -138,7 +141,7 @@ def bench_dgs_step(steps: int = 6) -> dict:
     """Variants step in turn (A B C A B C ...) so machine drift hits all alike; medians reported."""
     import statistics
 
-    from genguard.methods import build_detector
+    from genguard.families.aigi import build_detector
 
     torch.set_num_threads(os.cpu_count() or 1)
     results = {}
@@ -172,11 +175,10 @@ def bench_dgs_step(steps: int = 6) -> dict:
 
 
 def bench_shared() -> dict:
-    from genguard.pipelines.aigi_benchmark.nodes import encode_shared_features
+    from genguard.pipelines.aigi.benchmark import encode_shared_features
 
-    os.chdir(ROOT)
     manifest, data = _embedded_manifest()
-    benchmark = {"conditions": ["clean", "jpeg_95", "jpeg_75", "blur_1", "blur_2", "resize_0.5"]}
+    benchmark = {"conditions": "aigi_robustness"}
     backbone = {"name": "genguard-tiny-vit", "pretrained": None}
     univfd = {"method": "univfd", "backbone": backbone, "options": {}}
     frozen_ns = {"method": "ns_net", "backbone": backbone,
@@ -197,8 +199,15 @@ def bench_benchmark() -> dict:
     return _kedro_run("aigi_benchmark")
 
 
+def bench_ingestion() -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ingestion
+
+    return ingestion.main([])
+
+
 BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run, "dgs_step": bench_dgs_step,
-           "shared": bench_shared, "benchmark": bench_benchmark}
+           "shared": bench_shared, "benchmark": bench_benchmark, "ingestion": bench_ingestion}
 
 
 def main(names: list[str]) -> None:

@@ -30,6 +30,8 @@ def test_gpu_profile_deepspeed_configs_build(method, monkeypatch):
     # the global batch is split over the GPUs: 8 GPUs x 4 rows = the paper's batch 32
     assert ds["train_batch_size"] == cfg.batch_size == 32
     assert ds["train_micro_batch_size_per_gpu"] * cfg.deepspeed["num_gpus"] * ds["gradient_accumulation_steps"] == 32
+    # DeepSpeed's own default clips at norm 1.0; the loop's config decides (None: never, as in-process)
+    assert ds["gradient_clipping"] == (cfg.grad_clip_norm or 0.0)
 
 
 def test_every_shipped_zero_config_is_valid_json_without_optimizer():

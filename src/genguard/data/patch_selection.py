@@ -6,7 +6,7 @@ its normalised 2-D power spectrum; the ⌊N/2⌋ lowest- and N − ⌊N/2⌋ hig
 high-frequency generator traces that detectors read survive, while the semantic layout is destroyed.
 
 Source: NS-Net (arXiv 2508.01248), as coded in the DGS-Net repository (arXiv 2511.13108), which
-applies it at train and test time; written up in ``specs/aigi_clip_methods.md`` §1.3.
+applies it at train and test time (its data-loading code).
 
 Small images: the reference code duplicates patches (its low and high lists overlap) and leaves cells
 black when an image has fewer than N patches, and it crashes when a side is below P pixels (no

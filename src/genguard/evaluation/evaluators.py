@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from genguard.data.loaders import make_loader, move_batch
-from genguard.evaluation.metrics import binary_metrics, multiclass_metrics
+from genguard.evaluation.metrics import binary_metrics, multiclass_metrics, sigmoid
 from genguard.progress import progress
 from genguard.registry import Registry
 
@@ -110,7 +110,7 @@ class BinaryEvaluator:
         labels = dataset_labels(dataset, logits.shape[0])
         # Exactly the arithmetic (float32 sigmoid, eps 1e-7) of the training loop's earlier validation,
         # so the selected epoch and the champion model do not move when the loop switches to evaluators.
-        probs = 1.0 / (1.0 + np.exp(-logits))
+        probs = sigmoid(logits, dtype=None)
         eps = 1e-7
         bce = float(-np.mean(labels * np.log(probs + eps) + (1 - labels) * np.log(1 - probs + eps)))
         metrics = binary_metrics(labels, probs, self.threshold)

@@ -36,6 +36,17 @@ _ROW_SUM_TOLERANCE = 1e-3
 _NLL_FLOOR = 1e-15
 
 
+def sigmoid(logits: np.ndarray, dtype: type | None = np.float64) -> np.ndarray:
+    """P(positive) = 1 / (1 + exp(-logit)): the one place a binary model's logits become scores.
+
+    ``dtype`` is the precision of the arithmetic (``None``: the logits' own, e.g. float32).
+    """
+    values = np.asarray(logits)
+    if dtype is not None:
+        values = values.astype(dtype)
+    return 1.0 / (1.0 + np.exp(-values))
+
+
 def check_labels_scores(
     labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -93,8 +93,9 @@ def load_deepspeed_config(ds: dict[str, Any], cfg: TrainConfig) -> dict[str, Any
     config["train_batch_size"] = cfg.batch_size
     config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size(world_size(ds))
     config["gradient_accumulation_steps"] = cfg.grad_accum_steps
-    if cfg.grad_clip_norm:
-        config["gradient_clipping"] = cfg.grad_clip_norm
+    # Always explicit: DeepSpeed's own default clips gradients at norm 1.0, which the in-process loop
+    # never does; train.grad_clip_norm (None: no clipping) decides for both backends.
+    config["gradient_clipping"] = float(cfg.grad_clip_norm or 0.0)
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_optimization.stage must be 0-3, got {stage}")

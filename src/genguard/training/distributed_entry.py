@@ -75,10 +75,12 @@ class DeepSpeedBackend:
 
     # ------------------------------------------------------------------ rounds
     def reduce_means(self, means: dict[str, float]) -> dict[str, float]:
+        # Each rank's logs are weighted by its micro-batches' share of the global batch (1/world of it),
+        # so the sum over ranks is the mean over every row of the step.
         keys = sorted(means)
         values = torch.tensor([means[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(values)
-        return {k: float(v) / self.world_size for k, v in zip(keys, values.tolist(), strict=True)}
+        return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
 
     def share(self, record: dict[str, Any]) -> dict[str, Any]:
         box = [record]

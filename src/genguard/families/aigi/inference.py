@@ -19,15 +19,16 @@ import torch
 from PIL import Image
 
 from genguard.data.images import Preprocess
+from genguard.evaluation.metrics import sigmoid
 from genguard.families.aigi.captions import captions_for_images
 from genguard.io.model_files import ModelFiles, load_model_dir
 from genguard.registry import PREDICTORS
 
 
 def fake_probability(logits: np.ndarray | torch.Tensor) -> np.ndarray:
-    """P(fake) = sigmoid(logit), in float64 (the one place AIGI turns logits into scores)."""
+    """P(fake) = sigmoid(logit) in float64, for test scores and inference alike."""
     values = logits.detach().float().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    return 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
+    return sigmoid(values, dtype=np.float64)
 
 
 @dataclass
@@ -68,6 +69,12 @@ class TrainedDetector:
                 batch["text_features"] = self.model.encode_captions(list(captions[start:start + batch_size]))
             out.append(fake_probability(self.model.predict_step(batch)))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+
+
+def as_trained_detector(model: TrainedDetector | ModelFiles) -> TrainedDetector:
+    """What a node receives as ``<method>.model``: the trained object in memory, or the model folder
+    the catalog read back (kept as trained: adapters unmerged, the same numbers as in training)."""
+    return model if isinstance(model, TrainedDetector) else TrainedDetector.from_files(model, for_inference=False)
 
 
 def load_detector(model_dir: str | Path, *, for_inference: bool = True) -> TrainedDetector:

@@ -30,8 +30,8 @@ from genguard.evaluation.evaluators import BinaryEvaluator, predict_outputs
 from genguard.evaluation.grouping import group_table, summarise
 from genguard.families.aigi import AIGI_SCHEMA, FAMILY, GROUP, Detector, build_detector
 from genguard.families.aigi.captions import captions_for
-from genguard.families.aigi.inference import TrainedDetector, fake_probability
-from genguard.io.model_files import save_model_dir
+from genguard.families.aigi.inference import TrainedDetector, as_trained_detector, fake_probability
+from genguard.io.model_files import ModelFiles, save_model_dir
 from genguard.progress import progress
 from genguard.tracking.callbacks import MlflowEpochLogger
 from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation
@@ -232,7 +232,7 @@ def _scores(detector: TrainedDetector, frame: pd.DataFrame, features: dict[str, 
     return fake_probability(logits)
 
 
-def evaluate_detector(detector: TrainedDetector, manifest: pd.DataFrame, features: dict[str, torch.Tensor],
+def evaluate_detector(model: TrainedDetector | ModelFiles, manifest: pd.DataFrame, features: dict[str, torch.Tensor],
                       evaluation: dict[str, Any], data: dict[str, Any]
                       ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float], pd.DataFrame, dict[str, bytes],
                                  dict[str, Any]]:
@@ -241,6 +241,7 @@ def evaluate_detector(detector: TrainedDetector, manifest: pd.DataFrame, feature
     Returns (scores, the full evaluation summary, the headline numbers DVC tracks, the per-generator
     table, figures, ROC points).
     """
+    detector = as_trained_detector(model)
     threshold = float(evaluation.get("threshold", 0.5))
     batch_size = int(evaluation.get("batch_size", 128))
     test = protocol_frames(manifest, data)["test"]
@@ -297,10 +298,11 @@ def headline(summary: dict[str, Any], table: pd.DataFrame, data: dict[str, Any])
 
 
 # -------------------------------------------------------------------------------- registration
-def register_detector(detector: TrainedDetector, train_summary: dict[str, Any], metrics: dict[str, Any],
+def register_detector(model: TrainedDetector | ModelFiles, train_summary: dict[str, Any], metrics: dict[str, Any],
                       per_generator: pd.DataFrame, figures: dict[str, bytes],
                       registry: dict[str, Any]) -> dict[str, Any]:
     """Log evaluation + model to the active MLflow run; register a version; move aliases."""
+    detector = as_trained_detector(model)
     best = train_summary["best"]
     with active_or_new_run(registry.get("experiment", "genguard"), train_summary["method"]):
         log_evaluation(metrics, per_generator, figures, group_column=GROUP)

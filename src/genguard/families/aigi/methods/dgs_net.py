@@ -1,8 +1,8 @@
 """DGS-Net (Yan et al., arXiv 2511.13108, ICML 2026): distillation-guided gradient surgery.
 
 Fine-tuning CLIP for AIGI detection forgets transferable priors. DGS-Net splits the gradient on
-the student's image feature f_s into what to drop and what to follow (specs/aigi_clip_methods.md §2,
-read from the official code):
+the student's image feature f_s into what to drop and what to follow (read from the official code,
+``networks/trainer.py``):
 
 * harmful direction u_i: the (ReLU'd, unit-norm) gradient of a caption-only classifier's loss
   w.r.t. the caption embedding f_c — what semantics alone predict;

@@ -8,7 +8,7 @@ lowest-spectral-entropy patches (Patch Selection, ``genguard.data.patch_selectio
 structure — more semantics — is broken up.
 
 Exact module sizes and losses are not public (no official code); every reconstructed choice is an
-option with the spec's default (specs/aigi_clip_methods.md §3.2, INFERRED there):
+option, defaulting to the reading that fits the paper's text and its sister code base (DGS-Net):
 
 * ``ns_mode: per_sample`` — the semantic basis of image i is the caption embedding t_i (frozen CLIP
   text tower): v_perp = v - <v, t_hat> t_hat. Needs a caption per image at test time too.
