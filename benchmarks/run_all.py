@@ -127,12 +127,9 @@ def _step(model, optimizer, hook, batch, plain: bool) -> float:
     if plain:  # plain LoRA fine-tuning: BCE of the image head on the student, one backward
         logits = model.image_head(model.encode(batch["image"])).squeeze(-1)
         F.binary_cross_entropy_with_logits(logits, batch["label"].float()).backward()
-    else:
+    else:  # the surgery is a tensor hook inside the one backward
         loss, _ = model.training_loss(batch)
         loss.backward()
-        deferred = hook()
-        if deferred is not None:
-            deferred.backward()
     optimizer.step()
     return time.perf_counter() - started
 
@@ -184,11 +181,11 @@ def bench_shared() -> dict:
     frozen_ns = {"method": "ns_net", "backbone": backbone,
                  "options": {"lora_rank": 0, "patch_selection": None, "normalisation": "backbone"}}
     started = time.perf_counter()
-    shared = encode_shared_features(manifest, data, benchmark, univfd, frozen_ns)
+    shared = encode_shared_features(manifest, data, benchmark, {"model": univfd}, {"model": frozen_ns})
     shared_s = time.perf_counter() - started
     started = time.perf_counter()
-    for model in (univfd, frozen_ns):
-        encode_shared_features(manifest, data, benchmark, model)
+    for model in ({"model": univfd}, {"model": frozen_ns}):
+        encode_shared_features(manifest, data, benchmark, {"model": model})
     separate_s = time.perf_counter() - started
     return {"shared_s": shared_s, "per_detector_s": separate_s, "saved_s": separate_s - shared_s,
             "images_encoded": shared["report"]["feature_keys"][0]["images_encoded"],

@@ -228,3 +228,22 @@ def test_register_condition_suite_validates():
     assert "test_bad" not in CONDITION_SUITES
     with pytest.raises(TypeError):
         register_condition_suite("test_str", "jpeg_75")
+
+
+# --- plain downsampling and the GenImage suite -------------------------------------------------------------
+
+
+def test_downsample_keeps_the_small_image_and_averages_a_checkerboard():
+    """Bilinear x0.5 of a 2x2-periodic checkerboard samples between the squares: their mean, at half size."""
+    board = np.indices((16, 24)).sum(axis=0) % 2 * 200
+    out = get_condition("downsample_0.5")(_rgb(board))
+    assert out.size == (12, 8)  # width, height: no enlarging back (unlike resize_0.5)
+    assert np.abs(_gray(out)[1:-1, 1:-1].astype(int) - 100).max() <= 1  # the border pads by reflection
+    assert get_condition("downsample_1").name == "downsample_1" and get_condition("downsample_1")(_rgb(board)).size == (24, 16)
+    with pytest.raises(ValueError, match="downsample factor"):
+        get_condition("downsample_2")
+
+
+def test_genimage_suite_is_the_papers_degraded_test():
+    assert resolve_conditions("genimage_robustness") == ["clean", "jpeg_65", "jpeg_30", "blur_3", "blur_5",
+                                                         "downsample_0.5", "downsample_0.25"]

@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -183,3 +184,14 @@ def test_same_seed_same_data_gives_identical_metrics(trained, tmp_path):
         os.chdir(ROOT)
     assert runs[0] == runs[1]
     assert runs[0]["n"] > 0
+
+
+def test_univfd_with_an_augmented_bank_trains_on_cached_copies(trained):
+    """UnivFD's recipe at paper scale: K augmented copies per training image, encoded once."""
+    from safetensors.torch import load_file
+
+    run_session(trained, "univfd", runtime_params={"univfd.augment.bank": 2, "univfd.train.epochs": 2})
+    cache = load_file(str(trained / "data" / "04_feature" / "univfd" / "features.safetensors"))
+    bank, clean = cache["features@bank"], cache["features"]
+    assert bank.shape[0] == 2 and bank.shape[1] == cache["row_sha256@bank"].shape[0] and bank.shape[2] == clean.shape[1]
+    assert not torch.allclose(bank[0], bank[1])  # two different copies of each training image

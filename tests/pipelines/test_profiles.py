@@ -19,7 +19,7 @@ def _params(env: str) -> dict:
 def test_gpu_profile_is_paper_scale_and_keeps_base_keys():
     base, gpu = _params("base"), _params("gpu")
     pin = gpu["pin_clip"]
-    assert pin["model"]["backbone"] == {"name": "ViT-L-14", "pretrained": "openai"}
+    assert pin["model"]["backbone"] == {"name": "ViT-L-14-quickgelu", "pretrained": "openai"}
     assert pin["model"]["options"]["noise_heads"] == 8
     # soft merge: keys the gpu file does not name still come from base
     assert pin["model"]["options"]["lambda_vpn"] == base["pin_clip"]["model"]["options"]["lambda_vpn"]
@@ -28,7 +28,7 @@ def test_gpu_profile_is_paper_scale_and_keeps_base_keys():
     assert train.backend == "deepspeed" and train.lr == pytest.approx(1e-4)
     PiNCLIPConfig.from_dict(pin["model"]["options"])  # every option is a known one
     assert gpu["data"]["source"].startswith("data/01_raw/") and gpu["data"]["resize_mode"] == "center_crop"
-    assert gpu["univfd"]["model"]["backbone"]["name"] == "ViT-L-14"
+    assert gpu["univfd"]["model"]["backbone"]["name"] == "ViT-L-14-quickgelu"
 
 
 def test_gpu_profile_for_ns_net_and_dgs_net_is_the_papers_setup():
@@ -38,7 +38,7 @@ def test_gpu_profile_for_ns_net_and_dgs_net_is_the_papers_setup():
     base, gpu = _params("base"), _params("gpu")
     for method, config in (("ns_net", NSNetConfig), ("dgs_net", DGSNetConfig)):
         params = gpu[method]
-        assert params["model"]["backbone"] == {"name": "ViT-L-14", "pretrained": "openai"}
+        assert params["model"]["backbone"] == {"name": "ViT-L-14-quickgelu", "pretrained": "openai"}
         options = config.from_dict(params["model"]["options"])
         assert options.patch_selection["patch_size"] * options.patch_selection["grid"] == 224
         assert TrainConfig.from_dict(params["train"]).backend == "deepspeed"
@@ -55,3 +55,15 @@ def test_embedded_profiles_train_in_process(env):
     for method in ("pin_clip", "univfd", "ns_net", "dgs_net"):
         assert TrainConfig.from_dict(params[method]["train"]).backend == "torch"
         assert params[method]["model"]["backbone"]["name"].startswith("genguard-tiny-vit")
+
+
+def test_every_gpu_backbone_uses_the_activation_its_weights_were_trained_with():
+    """OpenAI CLIP weights need QuickGELU; the factory refuses the plain config (checked without weights)."""
+    from genguard.models.backbones import BackboneSpec, check_activation
+
+    gpu = _params("gpu")
+    for method in ("pin_clip", "univfd", "ns_net", "dgs_net"):
+        check_activation(BackboneSpec.from_dict(gpu[method]["model"]["backbone"]))
+    with pytest.raises(ValueError, match="QuickGELU.*-quickgelu"):
+        check_activation(BackboneSpec("ViT-L-14", "openai"))
+    check_activation(BackboneSpec("ViT-L-14", "openai", extra={"force_quick_gelu": True}))

@@ -87,3 +87,39 @@ class FeatureRows(Dataset):
 def _feature_rows_from_spec(spec: dict[str, Any]) -> FeatureRows:
     tensors = load_file(spec["file"])
     return FeatureRows(tensors["features"], tensors["labels"], extras=load_extras(spec.get("extras_file")))
+
+
+class FeatureBank(Dataset):
+    """K cached views of each row (e.g. augmented copies of a training image): every time a row is read
+    one of its K views is drawn, from the global torch RNG (seeded and checkpointed by the training loop).
+
+    ``features`` is [K, N, d]; the dict matches :class:`FeatureRows`, so a model cannot tell them apart.
+    """
+
+    kind = "feature_bank"
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor,
+                 extras: dict[str, torch.Tensor] | None = None) -> None:
+        if features.dim() != 3 or features.shape[1] != len(labels):
+            raise ValueError(f"a feature bank is [views, rows, dim] with {len(labels)} rows, got {tuple(features.shape)}")
+        self.features, self.labels = features, labels.long()
+        self.extras = check_extras(extras, len(labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        view = int(torch.randint(self.features.shape[0], ()))
+        return {"features": self.features[view, index], "label": self.labels[index], "index": torch.tensor(index),
+                **{name: tensor[index] for name, tensor in self.extras.items()}}
+
+    def to_spec(self, folder: Path) -> dict[str, Any]:
+        path = folder / "feature_bank.safetensors"
+        save_file({"features": self.features.contiguous(), "labels": self.labels.contiguous()}, str(path))
+        return {"kind": self.kind, "file": str(path), "extras_file": save_extras(self.extras, folder)}
+
+
+@DATASET_KINDS.register(FeatureBank.kind)
+def _feature_bank_from_spec(spec: dict[str, Any]) -> FeatureBank:
+    tensors = load_file(spec["file"])
+    return FeatureBank(tensors["features"], tensors["labels"], extras=load_extras(spec.get("extras_file")))

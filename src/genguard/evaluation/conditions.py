@@ -6,7 +6,14 @@ rows can carry it: ``clean`` (the untouched input) or ``<kind>_<parameter>``. Th
 * ``jpeg_<quality>`` – re-encode as JPEG in memory with PIL at that quality (1..100), e.g. ``jpeg_75``;
 * ``blur_<sigma>`` – Gaussian blur with standard deviation ``sigma`` > 0 pixels, e.g. ``blur_1``;
 * ``resize_<factor>`` – shrink by ``factor`` in (0, 1] and enlarge back to the original size, both
-  bilinear, e.g. ``resize_0.5``.
+  bilinear, e.g. ``resize_0.5``;
+* ``downsample_<factor>`` – shrink by ``factor`` in (0, 1] and keep the small image (bilinear): the
+  low-resolution test of GenImage (LR 112/64 px of 224-px images) and AIGIBench's ``sample`` copies,
+  where the detector's own preprocessing decides how to bring the image back to its input size.
+
+Named suites: ``aigi_robustness`` (the embedded leaderboard's: JPEG q95/q75, blur σ1/σ2, down-up ×½)
+and ``genimage_robustness`` (GenImage's degraded test: JPEG q65/q30, blur σ3/σ5, downsampling ×½ and ×¼),
+so a leaderboard can be read against the papers' tables.
 
 Families add kinds (DeeperForensics-style saturation, contrast, noise, pixelation for faces) with
 :func:`register_condition_kind`, and named lists with :func:`register_condition_suite`; nothing
@@ -142,6 +149,21 @@ class DownUpResize:
         return rgb.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
 
 
+@dataclass(frozen=True)
+class Downsample:
+    factor: float
+
+    @property
+    def name(self) -> str:
+        return f"downsample_{format_number(self.factor)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        small = (max(1, round(width * self.factor)), max(1, round(height * self.factor)))
+        return rgb.resize(small, Image.Resampling.BILINEAR)
+
+
 @register_condition_kind("jpeg", "jpeg_<quality 1..100>")
 def jpeg_condition(parameter: str) -> Condition:
     if not parameter.isdigit():
@@ -166,6 +188,14 @@ def resize_condition(parameter: str) -> Condition:
     if not 0 < factor <= 1:
         raise ValueError(f"resize factor must be in (0, 1], got {parameter!r}")
     return DownUpResize(factor)
+
+
+@register_condition_kind("downsample", "downsample_<factor in (0, 1]>")
+def downsample_condition(parameter: str) -> Condition:
+    factor = parse_number(parameter, "downsample factor")
+    if not 0 < factor <= 1:
+        raise ValueError(f"downsample factor must be in (0, 1], got {parameter!r}")
+    return Downsample(factor)
 
 
 # ------------------------------------------------------------------------------------ lookup
@@ -235,3 +265,5 @@ def resolve_conditions(spec: str | Sequence[str]) -> list[str]:
 
 
 register_condition_suite("aigi_robustness", ("clean", "jpeg_95", "jpeg_75", "blur_1", "blur_2", "resize_0.5"))
+register_condition_suite("genimage_robustness", ("clean", "jpeg_65", "jpeg_30", "blur_3", "blur_5", "downsample_0.5",
+                                                 "downsample_0.25"))

@@ -2,8 +2,14 @@
 
 The embedded default uses ``genguard-tiny-vit`` (configs/genguard-tiny-vit.json: 64-px ViT, 2 layers,
 width 64, random init) so every CLIP method runs on a CPU in seconds. The paper-scale profile names
-``ViT-L-14`` with ``pretrained: openai`` (an open_clip tag, fetched into the hub cache) or a local
-checkpoint file. Both go through :func:`create_backbone`, so the method code never branches on size.
+``ViT-L-14-quickgelu`` with ``pretrained: openai`` (an open_clip tag, fetched into the hub cache) or a
+local checkpoint file. Both go through :func:`create_backbone`, so the method code never branches on size.
+
+Activation check: OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)); open_clip's
+plain ``ViT-L-14`` config builds ``nn.GELU`` and only *warns* when given those weights, so every feature
+would silently differ from the CLIP the papers use. :func:`check_activation` refuses a known
+mismatch (open_clip's pretrained table records ``quick_gelu`` per weight tag) and names the fix: the
+``-quickgelu`` config, or ``extra: {force_quick_gelu: true}``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,26 @@ class BackboneSpec:
         return asdict(self)
 
 
+def check_activation(spec: BackboneSpec) -> None:
+    """Raise when ``spec``'s pretrained weights were trained with another activation than its config."""
+    import open_clip
+
+    if not spec.pretrained or Path(spec.pretrained).expanduser().exists():
+        return  # random init, or a local file: open_clip's table says nothing about it
+    _register_project_configs()
+    trained_quick = bool(open_clip.pretrained.get_pretrained_cfg(spec.name, spec.pretrained).get("quick_gelu"))
+    config = open_clip.get_model_config(spec.name) or {}
+    built_quick = bool(config.get("quick_gelu")) or bool(spec.extra.get("force_quick_gelu"))
+    if trained_quick and not built_quick:
+        raise ValueError(f"backbone {spec.name!r} with pretrained={spec.pretrained!r}: these weights were trained "
+                         f"with QuickGELU but the {spec.name!r} config builds nn.GELU, so every feature would differ "
+                         f"from the published model. Fix: name '{spec.name}-quickgelu' (or set "
+                         "backbone.extra.force_quick_gelu: true)")
+    if built_quick and not trained_quick and spec.pretrained in open_clip.list_pretrained_tags_by_model(spec.name):
+        raise ValueError(f"backbone {spec.name!r} builds QuickGELU but pretrained={spec.pretrained!r} was trained "
+                         "with nn.GELU; drop '-quickgelu' / force_quick_gelu for these weights")
+
+
 class CLIPBackbone(nn.Module):
     """An open_clip CLIP model with the few entry points the detectors use."""
 
@@ -58,6 +84,7 @@ class CLIPBackbone(nn.Module):
         import open_clip
 
         _register_project_configs()
+        check_activation(spec)
         self.spec = spec
         pretrained = spec.pretrained
         if pretrained and Path(pretrained).expanduser().exists():

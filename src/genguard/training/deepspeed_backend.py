@@ -96,6 +96,9 @@ def load_deepspeed_config(ds: dict[str, Any], cfg: TrainConfig) -> dict[str, Any
     # Always explicit: DeepSpeed's own default clips gradients at norm 1.0, which the in-process loop
     # never does; train.grad_clip_norm (None: no clipping) decides for both backends.
     config["gradient_clipping"] = float(cfg.grad_clip_norm or 0.0)
+    if cfg.optimizer.name == "sgd":
+        # ZeRO wraps any torch optimizer; DeepSpeed merely has not "tested" SGD and refuses it by default.
+        config.setdefault("zero_allow_untested_optimizer", True)
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_optimization.stage must be 0-3, got {stage}")

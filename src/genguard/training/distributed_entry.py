@@ -195,12 +195,14 @@ def main() -> None:
     engine, optimizer, _, schedule = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                           config=spec["deepspeed_config"])
     hook = model.gradient_hook()
-    if hook is not None and engine.zero_optimization_stage() >= 2:
-        raise ValueError("this method edits gradients (gradient_hook); ZeRO stage >= 2 partitions them. "
-                         "Use zero_optimization.stage 0 or 1 for it.")
+    if hook is not None and engine.zero_optimization_stage() >= 1:
+        # ZeRO moves parameter gradients into its own buffers during backward: in-place edits miss them,
+        # and a second (deferred) backward loses the first one's (measured on ZeRO-1).
+        raise ValueError("this method edits parameter gradients (gradient_hook), which ZeRO stages >= 1 move "
+                         "into their own buffers; use zero_optimization.stage 0 for it, or edit the gradient "
+                         "of an activation with a tensor hook inside training_loss (as DGS-Net does)")
     if hook is not None and engine.fp16_enabled():
-        raise ValueError("this method edits gradients (gradient_hook) and its deferred loss would be loss-scaled "
-                         "twice under fp16; use bf16 (conf/gpu/deepspeed/zero1_bf16.json)")
+        raise ValueError("this method's deferred loss would be loss-scaled twice under fp16; use bf16 or fp32")
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else (torch.float16 if engine.fp16_enabled() else None)
     backend = DeepSpeedBackend(engine, job, spec["fingerprint"], dtype)
 

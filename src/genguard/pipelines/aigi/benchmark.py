@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from genguard.evaluation import leaderboard as lb
 from genguard.evaluation.conditions import resolve_conditions
 from genguard.evaluation.grouping import group_table
 from genguard.families.aigi import GROUP
+from genguard.families.aigi.augment import AugmentConfig
 from genguard.pipelines.aigi import nodes as detector_nodes
 from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation, log_params_flat, safe_metric_name
 from genguard.training import fingerprint
@@ -44,8 +46,9 @@ def benchmark_conditions(benchmark: dict[str, Any]) -> list[str]:
 
 # ------------------------------------------------------------------------------ shared features
 def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchmark: dict[str, Any],
-                           *models: dict[str, Any]) -> dict[str, Any]:
-    """One feature cache per distinct frozen (backbone, preprocessing), handed to every detector using it.
+                           *detector_params: dict[str, Any]) -> dict[str, Any]:
+    """One feature cache per distinct frozen (backbone, preprocessing, training augmentation), handed to
+    every detector using it (``detector_params``: each detector's parameter block).
 
     Returns ``{"caches": {detector: cache}, "report": {...}}``; the report counts the encoder
     passes the sharing saved (what per-detector caching would have spent on top).
@@ -53,16 +56,20 @@ def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchma
     conditions = benchmark_conditions(benchmark)
     caches: dict[str, dict[str, torch.Tensor]] = {}
     by_key: dict[str, dict[str, Any]] = {}
-    for model in models:
+    for params in detector_params:
+        model, augment = params["model"], params.get("augment") or {}
         detector = detector_nodes.build_from_params(model)
         if not detector.frozen_backbone:
             continue
         preprocess = detector_nodes.preprocess_for(detector, data)
-        key = fingerprint(detector.init_spec.get("backbone"), preprocess.to_dict())
+        bank = AugmentConfig.from_dict(augment)
+        recipe = {k: v for k, v in asdict(bank).items() if k != "hflip"} if bank.bank else None
+        key = fingerprint(detector.init_spec.get("backbone"), preprocess.to_dict(), recipe)
         entry = by_key.get(key)
         if entry is None:
             started = time.perf_counter()
-            cache = detector_nodes.cache_features(manifest, model, data, conditions, detector=detector)
+            cache = detector_nodes.cache_features(manifest, model, data, conditions, augment=augment,
+                                                  detector=detector)
             entry = by_key[key] = {"cache": cache, "seconds": time.perf_counter() - started, "detectors": [],
                                    "images_encoded": int(sum(v.shape[0] for k, v in cache.items()
                                                              if k.startswith("features")))}

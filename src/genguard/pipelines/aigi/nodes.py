@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genguard.data.datasets import FeatureRows
+from genguard.data.datasets import FeatureBank, FeatureRows
 from genguard.data.images import ManifestImages, Preprocess
 from genguard.data.loaders import make_loader
 from genguard.data.manifest import BadFile, DataValidationError
@@ -29,6 +29,7 @@ from genguard.evaluation.conditions import get_condition
 from genguard.evaluation.evaluators import BinaryEvaluator, predict_outputs
 from genguard.evaluation.grouping import group_table, summarise
 from genguard.families.aigi import AIGI_SCHEMA, FAMILY, GROUP, Detector, build_detector
+from genguard.families.aigi.augment import AugmentConfig, BankCopy
 from genguard.families.aigi.captions import captions_for
 from genguard.families.aigi.inference import TrainedDetector, as_trained_detector, fake_probability
 from genguard.io.model_files import ModelFiles, save_model_dir
@@ -93,14 +94,17 @@ def build_from_params(model: dict[str, Any]) -> Detector:
 
 
 # ----------------------------------------------------------------------------------- features
-def encode_rows(detector: Detector, frame: pd.DataFrame, preprocess: Preprocess, condition: str = "clean",
+def encode_rows(detector: Detector, frame: pd.DataFrame, preprocess: Preprocess, condition: Any = "clean",
                 batch_size: int = 128) -> torch.Tensor:
-    """Frozen-encoder features of ``frame``'s images (optionally degraded first), in row order."""
-    images = ManifestImages(frame, preprocess, condition=None if condition == "clean" else get_condition(condition))
+    """Frozen-encoder features of ``frame``'s images, in row order; ``condition`` degrades them first
+    (a condition name, or any image -> image callable such as an augmented bank copy)."""
+    transform = condition if callable(condition) else (None if condition == "clean" else get_condition(condition))
+    label = getattr(condition, "name", None) or (f"copy {condition.copy}" if callable(condition) else condition)
+    images = ManifestImages(frame, preprocess, condition=transform)
     detector.eval()
     features = []
     with torch.no_grad():
-        for batch in progress(make_loader(images, batch_size, shuffle=False), desc=f"encoding ({condition})",
+        for batch in progress(make_loader(images, batch_size, shuffle=False), desc=f"encoding ({label})",
                               unit="batch"):
             features.append(detector.encode(batch["image"]))
     return torch.cat(features).contiguous() if features else torch.zeros(0)
@@ -112,14 +116,16 @@ def _sha_tensor(frame: pd.DataFrame) -> torch.Tensor:
 
 
 def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str, Any],
-                   conditions: list[str] | tuple[str, ...] = (),
+                   conditions: list[str] | tuple[str, ...] = (), augment: dict[str, Any] | None = None,
                    detector: Detector | None = None) -> dict[str, torch.Tensor]:
     """Frozen backbones: encode every row once; training and evaluation reuse it.
 
     Clean features cover every split (key ``features``); each test-time condition in ``conditions``
-    is encoded once for the test rows (``features@<name>``). Rows are keyed by sha256 so the cache
-    stays valid whatever order later nodes read it in. Returns empty tensors for methods that
-    fine-tune the backbone. ``detector``: one already built from ``model`` (not rebuilt).
+    is encoded once for the test rows (``features@<name>``); with ``augment.bank`` = K > 0, K
+    augmented copies of each training row are encoded too (``features@bank``, [K, N, d]: UnivFD's
+    training recipe without losing the cache). Rows are keyed by sha256 so the cache stays valid
+    whatever order later nodes read it in. Returns empty tensors for methods that fine-tune the
+    backbone. ``detector``: one already built from ``model`` (not rebuilt).
     """
     detector = detector if detector is not None else build_from_params(model)
     if not detector.frozen_backbone:
@@ -133,13 +139,20 @@ def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str
     for condition in degraded:
         cache[f"features@{condition}"] = encode_rows(detector, test, preprocess, condition)
         cache[f"row_sha256@{condition}"] = _sha_tensor(test)
-    log.info("cached %d backbone features of size %d (+ %d degraded test sets)", len(rows),
-             cache["features"].shape[1] if len(rows) else 0, len(degraded))
+    recipe = AugmentConfig.from_dict(augment)
+    if recipe.bank:
+        train = frames["train"].drop_duplicates("path").reset_index(drop=True)
+        cache["features@bank"] = torch.stack([encode_rows(detector, train, preprocess, BankCopy(recipe, copy))
+                                              for copy in range(recipe.bank)])
+        cache["row_sha256@bank"] = _sha_tensor(train)
+    log.info("cached %d backbone features of size %d (+ %d degraded test sets, %d augmented training copies)",
+             len(rows), cache["features"].shape[1] if len(rows) else 0, len(degraded), recipe.bank)
     return cache
 
 
 def _feature_rows(cache: dict[str, torch.Tensor], frame: pd.DataFrame, condition: str = "clean",
-                  extras: dict[str, torch.Tensor] | None = None) -> FeatureRows:
+                  extras: dict[str, torch.Tensor] | None = None) -> FeatureRows | FeatureBank:
+    """Cached features of ``frame``'s rows (``condition`` ``bank``: their augmented copies)."""
     suffix = "" if condition == "clean" else f"@{condition}"
     index = {bytes(row.numpy()).hex(): i for i, row in enumerate(cache["row_sha256" + suffix])}
     try:
@@ -147,8 +160,10 @@ def _feature_rows(cache: dict[str, torch.Tensor], frame: pd.DataFrame, condition
     except KeyError as missing:
         raise DataValidationError(f"feature cache lacks the image with sha256 {missing}; "
                                   "rerun the cache_features node (the manifest changed)") from None
-    return FeatureRows(cache["features" + suffix][positions], torch.as_tensor(frame["label"].to_numpy().copy()),
-                       extras=extras)
+    labels = torch.as_tensor(frame["label"].to_numpy().copy())
+    if condition == "bank":
+        return FeatureBank(cache["features@bank"][:, positions], labels, extras=extras)
+    return FeatureRows(cache["features" + suffix][positions], labels, extras=extras)
 
 
 def has_features(cache: dict[str, torch.Tensor] | None, condition: str = "clean") -> bool:
@@ -175,12 +190,13 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
     frames = protocol_frames(manifest, data)
     train_extras = caption_features(detector, frames["train"], data)
     val_extras = caption_features(detector, frames["val"], data)
+    recipe = AugmentConfig.from_dict(augment)
     if has_features(features):
-        train_set = _feature_rows(features, frames["train"], extras=train_extras)
+        train_set = _feature_rows(features, frames["train"], "bank" if has_features(features, "bank") else "clean",
+                                  extras=train_extras)
         val_set = _feature_rows(features, frames["val"], extras=val_extras)
     else:
-        hflip = bool((augment or {}).get("hflip", False))
-        train_set = ManifestImages(frames["train"], preprocess, hflip=hflip, train=True, extras=train_extras)
+        train_set = ManifestImages(frames["train"], preprocess, hflip=recipe.hflip, train=True, extras=train_extras)
         val_set = ManifestImages(frames["val"], preprocess, extras=val_extras)
     data_key = fingerprint(sorted(frames["train"]["sha256"]), sorted(frames["val"]["sha256"]),
                            preprocess.to_dict(), data.get("captions"), augment)

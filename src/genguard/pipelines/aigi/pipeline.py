@@ -29,8 +29,8 @@ def data_nodes() -> list[Node]:
 def detector_template() -> Pipeline:
     return Pipeline([
         *data_nodes(),
-        Node(nodes.cache_features, ["manifest", "params:model", "params:data", "params:evaluation.conditions"],
-             "features", name="cache_features"),
+        Node(nodes.cache_features, ["manifest", "params:model", "params:data", "params:evaluation.conditions",
+                                    "params:augment"], "features", name="cache_features"),
         Node(nodes.train_detector,
              ["manifest", "features", "params:model", "params:train", "params:augment", "params:data",
               "params:checkpoint_dir"],
@@ -59,10 +59,10 @@ def benchmark_pipeline(detectors: Sequence[str] = DETECTORS) -> Pipeline:
     parameter block stay global, so the benchmark trains exactly what ``--pipelines=<detector>`` trains.
     """
     config = f"params:{BENCHMARK_PIPELINE}"
-    models = [f"params:{d}.model" for d in detectors]
+    blocks = [f"params:{d}" for d in detectors]
     wiring = Pipeline([
         *data_nodes(),
-        Node(benchmark.encode_shared_features, ["manifest", "params:data", config, *models], "shared_features",
+        Node(benchmark.encode_shared_features, ["manifest", "params:data", config, *blocks], "shared_features",
              name="encode_shared_features"),
         *[Node(benchmark.benchmark_detector, ["manifest", "shared_features", f"params:{d}", "params:data", config],
                f"results_{d}", name=f"benchmark_{d}") for d in detectors],
@@ -71,7 +71,7 @@ def benchmark_pipeline(detectors: Sequence[str] = DETECTORS) -> Pipeline:
              ["leaderboard", "leaderboard_md", "leaderboard_plots", "leaderboard_metrics", "leaderboard_plot"],
              name="leaderboard"),
     ])
-    global_params = {"params:data", config, *models, *[f"params:{d}" for d in detectors]}
+    global_params = {"params:data", config, *blocks}
     return Pipeline(wiring, namespace=BENCHMARK_PIPELINE, parameters={name: name for name in global_params})
 
 

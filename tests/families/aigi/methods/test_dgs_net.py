@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -18,6 +19,8 @@ SELECT = {"patch_size": 8, "grid": 4}
 
 def _dgs(**options):
     torch.manual_seed(0)
+    # LoRA dropout off: these tests compare two computations of the same gradients, pass by pass.
+    options.setdefault("lora_dropout", 0.0)
     model = build_detector("dgs_net", backbone=TINY, patch_selection=SELECT, **options)
     # A non-trivial teacher probe and LoRA state, so every direction in the loss is non-zero.
     with torch.no_grad():
@@ -35,13 +38,11 @@ def _batch(n: int = 8) -> dict[str, torch.Tensor]:
 
 
 def _engine_gradients(model, batch) -> dict[str, torch.Tensor]:
-    """What the engine does: backward(loss), then back-propagate whatever the hook returns."""
+    """What the training loop does: one backward of ``training_loss`` (the surgery hook fires inside)."""
     model.zero_grad(set_to_none=True)
     loss, _ = model.training_loss(batch)
     loss.backward()
-    deferred = model.gradient_hook()()
-    if deferred is not None:
-        deferred.backward()
+    assert model.gradient_hook() is None  # no second pass: ZeRO stages never see an edited parameter gradient
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
@@ -62,12 +63,17 @@ def _reference_gradients(model, batch, surgery: bool) -> dict[str, torch.Tensor]
 
 def test_applied_feature_gradient_is_orthogonal_to_every_harmful_direction():
     model, batch = _dgs(), _batch()
+    target = batch["label"].float()
+    # the raw gradient at f_s, computed independently: d/df of BCE(h_i(f)) + lambda <f, G_b>
+    features = model.encode(batch["image"]).detach().requires_grad_(True)
+    beneficial = model._beneficial_direction(batch["image"], target)
+    raw_loss = (F.binary_cross_entropy_with_logits(model.image_head(features).squeeze(-1), target)
+                + model.config.lambda_align * (features * beneficial).sum(1).mean())
+    (raw,) = torch.autograd.grad(raw_loss, features)
+    harmful, _ = model._harmful_direction(batch["text_features"], target)
     model.zero_grad(set_to_none=True)
     loss, _ = model.training_loss(batch)
     loss.backward()
-    raw = model._pending[1].grad.clone()
-    harmful, _ = model._harmful_direction(batch["text_features"], batch["label"].float())
-    model.gradient_hook()()
     applied = model.last_feature_gradient
     assert (raw * harmful).sum(1).abs().max() > 1e-6   # the raw gradient had a harmful component
     assert (applied * harmful).sum(1).abs().max() < 1e-5 * raw.norm(dim=1).max()
@@ -138,3 +144,46 @@ def test_student_stage_learns_through_the_engine():
     logs = result.history
     assert logs[-1]["train/bce_image"] < logs[0]["train/bce_image"]
     assert any(not torch.equal(a, b) for a, b in zip(lora_before, model.lora_parameters, strict=True))
+
+
+# --- tests that fail on a stub of the mechanism they name -------------------------------------------------
+
+
+def test_beneficial_direction_and_alignment_loss_match_their_closed_forms():
+    """G_b = min(dL_t/df_t, 0) for the teacher probe's mean BCE: (sigmoid(z) - y) w / B, negative part;
+    L_align = mean_i <f_s,i, G_b,i> - computed here from the definitions, not the method's helpers."""
+    model, batch = _dgs(), _batch()
+    target = batch["label"].float()
+    with torch.no_grad():
+        teacher = model.teacher_encoder(batch["image"])
+        w, b = model.teacher_head.weight[0], model.teacher_head.bias[0]
+        gradient = (torch.sigmoid(teacher @ w + b) - target)[:, None] * w[None, :] / len(target)
+        expected = torch.minimum(gradient, torch.zeros_like(gradient))
+    beneficial = model._beneficial_direction(batch["image"], target)
+    assert torch.allclose(beneficial, expected, atol=1e-7)
+    assert (beneficial <= 0).all() and (beneficial < 0).any()  # the clamp keeps the negative part only
+    _, logs = model.training_loss(batch)
+    with torch.no_grad():
+        student = model.encode(batch["image"])
+    assert logs["align"] == pytest.approx(float((student * expected).sum(1).mean()), rel=1e-4, abs=1e-9)
+
+
+def test_stage_one_trains_the_teacher_probe_and_nothing_else():
+    torch.manual_seed(0)
+    model = build_detector("dgs_net", backbone=TINY, patch_selection=SELECT, teacher_epochs=3)
+    rows = _Rows(_batch(16))
+    probe, head = model.teacher_head.weight.detach().clone(), model.image_head.weight.detach().clone()
+    lora = [p.detach().clone() for p in model.lora_parameters]
+    stage, overrides = model.training_stages()[0]
+    assert stage == "teacher" and overrides["epochs"] == 3
+    model.begin_stage(stage, rows)
+    result = fit(model, rows, None, TrainConfig(**{"batch_size": 8, "lr": 0.05, **overrides}), show_progress=False)
+    assert not torch.equal(model.teacher_head.weight, probe)
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    assert torch.equal(model.image_head.weight, head)
+    assert all(torch.equal(a, b) for a, b in zip(lora, model.lora_parameters, strict=True))
+
+
+def test_a_student_without_a_trained_teacher_is_refused():
+    with pytest.raises(ValueError, match="teacher_epochs must be >= 1"):
+        build_detector("dgs_net", backbone=TINY, patch_selection=SELECT, teacher_epochs=0)

@@ -123,3 +123,47 @@ def test_training_loss_falls_on_a_learnable_task():
     assert logs["bce"] < 0.5 * first["bce"]
     # SupCon's floor with 31 positives among 63 others is log(31) ~ 3.43: it must get close to it
     assert logs["supcon"] < first["supcon"] - 2.0 and logs["supcon"] < 3.6
+
+
+# --- tests that fail on a stub of the mechanism they name -------------------------------------------------
+
+
+def test_lora_is_really_applied_to_the_image_tower():
+    model = _ns_net(lora_rank=4).train()
+    lora = [(name, p) for name, p in model.named_parameters() if "lora" in name]
+    assert lora and all(p.requires_grad for _, p in lora)
+    assert not any(p.requires_grad for name, p in model.backbone.named_parameters() if "lora" not in name)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model.encode(images).clone()
+        for name, parameter in lora:
+            if "lora_b" in name or name.endswith("B"):
+                parameter.normal_(std=0.1)
+        after = model.encode(images)
+    assert (before - after).abs().max() > 1e-4  # the adapters change the features the detector sees
+
+
+def test_bce_is_trained_on_the_decoupled_feature_not_the_raw_one():
+    model = _ns_net(lora_rank=0).train()
+    features, text = torch.randn(8, 64), torch.randn(8, 64)
+    labels = torch.arange(8) % 2
+    _, logs = model.training_loss({"features": features, "label": labels, "text_features": text})
+    decoupled = null_space_project(features, text, per_row=True)
+    expected = F.binary_cross_entropy_with_logits(model.head(decoupled).squeeze(-1), labels.float())
+    raw = F.binary_cross_entropy_with_logits(model.head(features).squeeze(-1), labels.float())
+    assert logs["bce"] == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(raw) - float(expected)) > 1e-4  # so a stub classifying raw features is caught
+
+
+def test_global_svd_rank_is_capped_and_leaves_a_null_space():
+    """Many captions span the whole width: the cap keeps max_semantic_fraction of it (here 32 of 64)."""
+    model = _ns_net(ns_mode="global_svd")
+    captions = torch.randn(500, 64)  # numerically full rank
+    basis = model.fit_semantic_basis(captions)
+    assert model.semantic_fit == {"numerical_rank": 64, "kept_rank": 32, "null_dims": 32, "width": 64}
+    assert basis.shape == (32, 64)
+    explicit = _ns_net(ns_mode="global_svd", semantic_rank=10)
+    assert explicit.fit_semantic_basis(captions).shape == (10, 64)
+    greedy = _ns_net(ns_mode="global_svd", semantic_rank=60)
+    with pytest.raises(ValueError, match="leaving 4 < min_null_dims=16"):
+        greedy.fit_semantic_basis(captions)

@@ -7,7 +7,8 @@ from genguard.families.aigi.methods.pin_clip import gaussian_kl_to_prior
 
 @pytest.fixture
 def model(tiny_backbone):
-    return build_detector("pin_clip", backbone=tiny_backbone, noise_heads=2)
+    # LoRA dropout off: the tests below compare several passes over the same batch
+    return build_detector("pin_clip", backbone=tiny_backbone, noise_heads=2, lora_dropout=0.0)
 
 
 def _batch(n=16):
@@ -70,3 +71,70 @@ def test_bad_options_are_named():
         build_detector("pin_clip", backbone={"name": "genguard-tiny-vit"}, noise_hedas=2)
     with pytest.raises(ValueError, match="test_noise"):
         build_detector("pin_clip", backbone={"name": "genguard-tiny-vit"}, noise_heads=2, test_noise="on")
+
+
+# --- tests that fail on a stub of the mechanism they name -------------------------------------------------
+
+
+def test_the_noise_reaches_the_feature_the_variational_loss_classifies(model):
+    """L_vpn = BCE(h(f + eps)): with eps forced large, L_vpn moves while the clean L_ce does not."""
+    batch = _batch()
+    torch.manual_seed(0)
+    _, quiet = model.training_loss(batch)
+    with torch.no_grad():
+        model.noise.mean_head.bias.fill_(3.0)  # mu = +3 in every dimension
+    torch.manual_seed(0)
+    _, loud = model.training_loss(batch)
+    assert loud["ce"] == pytest.approx(quiet["ce"], abs=1e-6)
+    assert abs(loud["vpn"] - quiet["vpn"]) > 0.1
+    features = model.encode(batch["image"])  # and L_vpn is exactly the head on f + eps
+    torch.manual_seed(0)
+    eps, _, _ = model.sample_noise(features)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(model.head(features + eps).squeeze(-1),
+                                                                    batch["label"].float())
+    torch.manual_seed(0)
+    _, again = model.training_loss(batch)
+    assert again["vpn"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_generator_attends_to_the_class_text_features(model):
+    features = torch.randn(8, model.backbone.embed_dim)
+    with torch.no_grad():
+        model.noise.mean_head.weight.normal_(0, 0.1)  # make the mean depend on the fused features
+        before, _ = model.noise(features, model.class_text_features)
+        other_text = torch.nn.functional.normalize(torch.randn_like(model.class_text_features), dim=-1)
+        after, _ = model.noise(features, other_text)
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_test_noise_mean_adds_the_predicted_mean_at_inference(tiny_backbone):
+    plain = build_detector("pin_clip", backbone=tiny_backbone, noise_heads=2, test_noise="off").eval()
+    torch.manual_seed(3)
+    with_mean = build_detector("pin_clip", backbone=tiny_backbone, noise_heads=2, test_noise="mean").eval()
+    with_mean.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for module in (plain, with_mean):
+            module.noise.mean_head.bias.fill_(0.5)
+        features = torch.randn(4, plain.backbone.embed_dim)
+        mean, _ = plain.noise(features, plain.class_text_features)
+        assert torch.allclose(with_mean.classify(features), plain.head(features + mean).squeeze(-1), atol=1e-6)
+        assert not torch.allclose(with_mean.classify(features), plain.classify(features), atol=1e-4)
+
+
+def test_kl_matches_the_closed_form_including_its_log_sigma_term():
+    mean, sigma = torch.randn(5, 7) * 0.2, torch.rand(5, 7) * 0.3 + 0.01
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean, sigma),
+                                                 torch.distributions.Normal(0.0, 0.1)).mean()
+    assert torch.allclose(gaussian_kl_to_prior(mean, sigma, 0.1), expected, atol=1e-6)
+    # the log-sigma term alone: at mu = 0 a smaller sigma costs more than sigma = prior
+    assert gaussian_kl_to_prior(torch.zeros(3), torch.full((3,), 0.01), 0.1) > 1.0
+
+
+def test_patch_selection_option_sets_the_input(tiny_backbone):
+    model = build_detector("pin_clip", backbone={"name": "genguard-tiny-vit-32"}, noise_heads=2,
+                           patch_selection={"patch_size": 8, "grid": 4}, normalisation="imagenet")
+    overrides = model.preprocess_overrides()
+    assert overrides["patch_selection"] == {"patch_size": 8, "grid": 4}
+    assert overrides["mean"] == (0.485, 0.456, 0.406)
+    assert build_detector("pin_clip", backbone=tiny_backbone, noise_heads=2).preprocess_overrides() == \
+        {"patch_selection": None}

@@ -31,3 +31,32 @@ def test_every_aigi_detector_is_in_the_one_model_registry():
 
     assert DETECTORS == ("pin_clip", "univfd", "ns_net", "dgs_net")
     assert set(DETECTORS) <= set(MODELS.names())
+
+
+def test_the_feature_is_the_projected_cls_embedding(tmp_path):
+    """A tower whose width (48) differs from its embedding size (32): a pre-projection or mean-pooled
+    stub gives another shape or other numbers."""
+    import json
+
+    import open_clip
+
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "head_width": 24,
+                                              "patch_size": 8},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    path = tmp_path / "genguard-test-narrow.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    model = build_detector("univfd", backbone={"name": "genguard-test-narrow"}).eval()
+    visual = model.backbone.visual
+    captured = {}
+    handle = visual.transformer.register_forward_hook(lambda module, args, out: captured.update(tokens=out))
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        features = model.encode(images)
+        handle.remove()
+        tokens = captured["tokens"]
+        cls = visual.ln_post(tokens[:, 0]) @ visual.proj
+        pooled = visual.ln_post(tokens[:, 1:].mean(1)) @ visual.proj
+    assert features.shape == (3, 32) and model.head.in_features == 32
+    assert torch.allclose(features, cls, atol=1e-5)
+    assert not torch.allclose(features, pooled, atol=1e-3)

@@ -16,18 +16,26 @@ Two stages, as the code: ``teacher`` — frozen encoder + Linear(d, 1) probe (Un
 patch-selected inputs; 3 epochs); ``student`` — LoRA (r 6, alpha 6, scale alpha/sqrt(r)) on q, k, v
 of every block + image head + caption head, teacher frozen (1 epoch at paper scale).
 
-Where the surgery runs: the shared engine's gradient-hook seam, not a forked loop. The loss stops
-at a detached copy of f_s, so the engine's backward fills the heads' gradients and the feature
-gradient gamma only; the hook edits gamma and hands back ``(f_s * gamma').sum()``, which the
-engine back-propagates through the encoder. One backward through the encoder per step, as plain
-fine-tuning; with ``surgery: false`` the hook passes gamma through unchanged, and the parameter
-gradients equal an ordinary ``loss.backward()`` (tested).
+Where the surgery runs: a tensor hook on f_s, registered by ``training_loss``, edits the gradient
+gamma arriving at f_s (from the image head and L_align) during the one ordinary backward, before it
+enters the encoder: the paper's form, in any training loop and on any backend. The edit happens on
+an activation's gradient, before any parameter gradient exists, so DeepSpeed's ZeRO stages, which
+partition and move parameter gradients, do not see it (a two-pass "deferred loss" version lost the
+heads' gradients under ZeRO-1: measured, and the reason for this form). With ``surgery: false`` the
+hook passes gamma through unchanged and the gradients equal a plain ``loss.backward()`` (tested).
 
-Deviations, recorded: the reference's LoRA dropout (0.8, on the LoRA input branch) has no
-counterpart in our LoRA, which re-parametrises the fused q/k/v weight (no separate input branch);
-the teacher probe is trained by the same engine (AdamW, weight decay 0 = Adam).
+LoRA as the code: r 6, alpha 6, scale alpha/sqrt(r), dropout 0.8 on the LoRA input branch
+(``genguard.models.lora``). Deviation, recorded: the teacher probe is trained by the same loop
+(``train.optimizer``: conf/gpu uses Adam, the code's).
 ``align_normalised: true`` is an ablation knob (per-sample unit G_b, removing the 1/B^2 scale the
 code's mean-BCE gradients give L_align).
+
+Batch scaling rule. G_b comes from the teacher's *mean* BCE over the batch, so it carries a 1/B factor
+and L_align's strength depends on the batch a process sees: split over 8 GPUs, each rank's micro-batch
+of 4 would make the alignment 8x stronger than the code's single-GPU batch of 32. ``align_batch_size``
+fixes B in that factor (G_b is computed per sample and divided by it), so the objective is the same
+whatever the number of processes; ``null`` uses the batch at hand (the code on one process).
+``conf/gpu`` sets 32, the code's batch.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from genguard.config import dataclass_from_dict
 from genguard.data.images import NORMALISATIONS, input_overrides
 from genguard.families.aigi.detector import Detector
 from genguard.models.backbones import CLIPBackbone, create_backbone
-from genguard.models.lora import add_lora, merge_lora
+from genguard.models.lora import LoRAConfig, add_lora, merge_lora
 
 STAGES = ("teacher", "student")
 
@@ -53,10 +61,12 @@ STAGES = ("teacher", "student")
 class DGSNetConfig:
     lora_rank: int = 6
     lora_alpha: float = 6.0
-    lora_rank_stabilised: bool = True    # alpha / sqrt(r), the CLIP-LoRA convention of the code
+    lora_scaling: str = "alpha/sqrt(r)"  # the CLIP-LoRA convention of the code
+    lora_dropout: float = 0.8            # on the LoRA input branch, as the code
     lambda_align: float = 0.2
     surgery: bool = True
     align_normalised: bool = False
+    align_batch_size: int | None = None  # B in G_b's 1/B factor (None: the batch at hand); conf/gpu: 32
     teacher_epochs: int = 3
     teacher_lr: float | None = None      # None: the training lr
     normalisation: str = "imagenet"      # imagenet | clip | backbone
@@ -67,8 +77,15 @@ class DGSNetConfig:
         config = dataclass_from_dict(cls, cfg, "dgs_net")
         if config.normalisation not in (*NORMALISATIONS, "backbone"):
             raise ValueError(f"dgs_net.normalisation must be imagenet, clip or backbone, got {config.normalisation!r}")
-        if config.teacher_epochs < 0 or config.lora_rank < 1:
-            raise ValueError("dgs_net.teacher_epochs must be >= 0 and dgs_net.lora_rank >= 1")
+        if config.teacher_epochs < 1:
+            # Without a trained teacher probe the beneficial direction G_b comes from a random linear
+            # layer: the alignment term would pull the student towards noise.
+            raise ValueError(f"dgs_net.teacher_epochs must be >= 1 (got {config.teacher_epochs}): the beneficial "
+                             "direction comes from the trained teacher probe (the official code trains it 3 epochs)")
+        if config.lora_rank < 1:
+            raise ValueError("dgs_net.lora_rank must be >= 1")
+        if config.align_batch_size is not None and config.align_batch_size < 1:
+            raise ValueError("dgs_net.align_batch_size must be >= 1 or null")
         return config
 
 
@@ -87,14 +104,13 @@ class DGSNet(Detector):
         self.backbone = backbone.freeze()
         # The teacher is the pre-trained image tower before any adaptation, never trained.
         self.teacher_encoder = copy.deepcopy(backbone.visual).requires_grad_(False).eval()
-        self.lora_parameters = add_lora(self.backbone.visual, config.lora_rank, config.lora_alpha,
-                                        config.lora_rank_stabilised)
+        self.lora_parameters = add_lora(self.backbone.visual, LoRAConfig(config.lora_rank, config.lora_alpha,
+                                                                         config.lora_scaling, config.lora_dropout))
         dim = backbone.embed_dim
         self.teacher_head = nn.Linear(dim, 1)
         self.image_head = nn.Linear(dim, 1)
         self.caption_head = nn.Linear(dim, 1)
         self.stage = "student"  # what inference uses; training switches through begin_stage
-        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.last_feature_gradient: torch.Tensor | None = None  # the gradient applied to f_s (diagnostics)
 
     # ------------------------------------------------------------------------------ stages
@@ -102,8 +118,7 @@ class DGSNet(Detector):
         teacher: dict[str, Any] = {"epochs": self.config.teacher_epochs}
         if self.config.teacher_lr is not None:
             teacher["lr"] = self.config.teacher_lr
-        stages = [("teacher", teacher)] if self.config.teacher_epochs > 0 else []
-        return [*stages, ("student", {})]
+        return [("teacher", teacher), ("student", {})]
 
     def begin_stage(self, name: str, train_set: Any) -> None:
         if name not in STAGES:
@@ -152,16 +167,25 @@ class DGSNet(Detector):
             raise ValueError("dgs_net needs each training image's caption embedding (batch key 'text_features')")
         images = batch["image"]
         student = self.encode(images)
-        # The engine's backward stops here; the hook sends the (edited) gradient on into the encoder.
-        student_leaf = student.detach().requires_grad_(True)
         beneficial = self._beneficial_direction(images, target)
         harmful_unit, loss_caption = self._harmful_direction(batch["text_features"], target)
-        loss_image = F.binary_cross_entropy_with_logits(self.image_head(student_leaf).squeeze(-1), target)
-        loss_align = (student_leaf * beneficial).sum(dim=1).mean()
+        if student.requires_grad:
+            student.register_hook(self._surgery(harmful_unit))
+        loss_image = F.binary_cross_entropy_with_logits(self.image_head(student).squeeze(-1), target)
+        loss_align = (student * beneficial).sum(dim=1).mean()
         loss = loss_image + loss_caption + self.config.lambda_align * loss_align
-        self._pending = (student, student_leaf, harmful_unit)
         return loss, {"bce_image": float(loss_image.detach()), "bce_caption": float(loss_caption.detach()),
                       "align": float(loss_align.detach())}
+
+    def _surgery(self, harmful_unit: torch.Tensor):
+        """The hook on f_s: gamma -> gamma - <gamma, u> u per row (``surgery: false``: unchanged)."""
+        def edit(gradient: torch.Tensor) -> torch.Tensor:
+            if self.config.surgery:
+                gradient = remove_harmful_component(gradient, harmful_unit.to(gradient.dtype))
+            self.last_feature_gradient = gradient.detach()
+            return gradient
+
+        return edit
 
     def _beneficial_direction(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """G_b = min(dL_t/df_t, 0) for the frozen teacher probe (no parameter receives a gradient)."""
@@ -172,6 +196,8 @@ class DGSNet(Detector):
                 target)
             (gradient,) = torch.autograd.grad(loss_teacher, teacher)
         beneficial = gradient.clamp(max=0.0)
+        if self.config.align_batch_size is not None:
+            beneficial = beneficial * (len(target) / self.config.align_batch_size)
         if self.config.align_normalised:
             beneficial = F.normalize(beneficial, dim=1)
         return beneficial.detach()
@@ -184,22 +210,6 @@ class DGSNet(Detector):
         (gradient,) = torch.autograd.grad(loss_caption, caption, retain_graph=True)
         positive = gradient.clamp(min=0.0)
         return (positive / (positive.norm(dim=1, keepdim=True) + 1e-6)).detach(), loss_caption
-
-    def gradient_hook(self):
-        def surgery() -> torch.Tensor | None:
-            if self._pending is None:  # teacher stage: plain gradients
-                return None
-            student, student_leaf, harmful_unit = self._pending
-            self._pending = None
-            gradient = student_leaf.grad
-            if gradient is None:
-                return None
-            if self.config.surgery:
-                gradient = remove_harmful_component(gradient, harmful_unit.to(gradient.dtype))
-            self.last_feature_gradient = gradient.detach()
-            return (student * gradient.detach()).sum()
-
-        return surgery
 
     # ------------------------------------------------------------------------------ storage
     def prepare_for_inference(self) -> DGSNet:

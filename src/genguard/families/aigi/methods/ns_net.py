@@ -13,9 +13,14 @@ option, defaulting to the reading that fits the paper's text and its sister code
 * ``ns_mode: per_sample`` — the semantic basis of image i is the caption embedding t_i (frozen CLIP
   text tower): v_perp = v - <v, t_hat> t_hat. Needs a caption per image at test time too.
   ``global_svd`` — one basis for all images: the top right-singular vectors of the training
-  captions' embeddings (directions above ``svd_rel_tol`` of the largest singular value, at most
-  ``semantic_rank``); no caption needed at test time (the third-party replication's reading).
-* Visual encoder: LoRA (r 6, alpha 6) on q, k, v of every block, as the sister code base (DGS-Net);
+  captions' embeddings (directions above ``svd_rel_tol`` of the largest singular value); no caption
+  needed at test time (the third-party replication's reading). The kept rank is capped, because
+  with thousands of real captions the numerical rank reaches the full width and the null space (what
+  the classifier sees) would vanish: at most ``semantic_rank`` directions, or, when that is null,
+  ``max_semantic_fraction`` of the width (default half: 384 of ViT-L/14's 768). Fitting fails, naming
+  the numbers, when fewer than ``min_null_dims`` dimensions would be left.
+* Visual encoder: LoRA (r 6, alpha 6, scale alpha/sqrt(r), input-branch dropout 0.8) on q, k, v of every
+  block, as the sister code base (DGS-Net's official code);
   ``lora_rank: 0`` keeps the encoder frozen (features are then cached by the pipeline).
 * Projection head g: MLP d -> 512 -> ReLU -> 128, L2-normalised, for the supervised contrastive loss
   (tau 0.07); classifier h: Linear(d -> 1) on v_perp (``classify_on: feature``) or on the MLP's
@@ -39,7 +44,7 @@ from genguard.config import dataclass_from_dict
 from genguard.data.images import NORMALISATIONS, input_overrides
 from genguard.families.aigi.detector import Detector
 from genguard.models.backbones import CLIPBackbone, create_backbone
-from genguard.models.lora import add_lora, merge_lora
+from genguard.models.lora import LoRAConfig, add_lora, merge_lora
 
 NS_MODES = ("per_sample", "global_svd")
 
@@ -47,11 +52,14 @@ NS_MODES = ("per_sample", "global_svd")
 @dataclass(frozen=True)
 class NSNetConfig:
     ns_mode: str = "per_sample"
-    semantic_rank: int | None = None     # global_svd: cap on removed directions (None: numerical rank)
+    semantic_rank: int | None = None     # global_svd: cap on removed directions (None: max_semantic_fraction)
+    max_semantic_fraction: float = 0.5   # global_svd: cap as a share of the width when semantic_rank is None
+    min_null_dims: int = 16              # global_svd: refuse a basis leaving fewer dimensions than this
     svd_rel_tol: float = 1e-3
     lora_rank: int = 6
     lora_alpha: float = 6.0
-    lora_rank_stabilised: bool = False
+    lora_scaling: str = "alpha/sqrt(r)"  # the group's code base (DGS-Net, CLIP-LoRA); not stated in the paper
+    lora_dropout: float = 0.8            # likewise: DGS-Net's input-branch dropout
     proj_hidden: int = 512
     proj_dim: int = 128
     temperature: float = 0.07
@@ -72,6 +80,8 @@ class NSNetConfig:
             raise ValueError(f"ns_net.classify_on must be 'feature' or 'hidden', got {config.classify_on!r}")
         if config.temperature <= 0:
             raise ValueError("ns_net.temperature must be > 0")
+        if not 0.0 < config.max_semantic_fraction < 1.0 or config.min_null_dims < 1:
+            raise ValueError("ns_net needs 0 < max_semantic_fraction < 1 and min_null_dims >= 1")
         return config
 
 
@@ -123,7 +133,8 @@ class NSNet(Detector):
         self.backbone = backbone.freeze()
         self.frozen_backbone = config.lora_rank == 0
         if not self.frozen_backbone:
-            add_lora(self.backbone.visual, config.lora_rank, config.lora_alpha, config.lora_rank_stabilised)
+            add_lora(self.backbone.visual, LoRAConfig(config.lora_rank, config.lora_alpha, config.lora_scaling,
+                                                  config.lora_dropout))
         dim = backbone.embed_dim
         self.projection_head = nn.Sequential(nn.Linear(dim, config.proj_hidden), nn.ReLU(),
                                              nn.Linear(config.proj_hidden, config.proj_dim))
@@ -153,14 +164,26 @@ class NSNet(Detector):
                 raise ValueError("ns_net global_svd needs the training captions' text features")
             self.fit_semantic_basis(extras["text_features"])
 
+    def semantic_rank_cap(self, width: int) -> int:
+        if self.config.semantic_rank is not None:
+            return int(self.config.semantic_rank)
+        return int(self.config.max_semantic_fraction * width)
+
     def fit_semantic_basis(self, text_features: torch.Tensor) -> torch.Tensor:
         """Top right-singular vectors of the (unit-norm) caption embeddings = the semantic subspace."""
         unit = F.normalize(text_features.float(), dim=-1)
+        width = unit.shape[-1]
         _, singular, vh = torch.linalg.svd(unit, full_matrices=False)
-        keep = int((singular > self.config.svd_rel_tol * singular[0]).sum()) if len(singular) else 0
-        if self.config.semantic_rank is not None:
-            keep = min(keep, self.config.semantic_rank)
+        numerical = int((singular > self.config.svd_rel_tol * singular[0]).sum()) if len(singular) else 0
+        keep = min(numerical, self.semantic_rank_cap(width))
+        if width - keep < self.config.min_null_dims:
+            raise ValueError(f"ns_net global_svd would remove {keep} of {width} feature dimensions (caption span "
+                             f"{numerical}), leaving {width - keep} < min_null_dims={self.config.min_null_dims} for "
+                             "the classifier. Fix: lower ns_net.semantic_rank / max_semantic_fraction, or raise "
+                             "svd_rel_tol")
         self.semantic_basis = vh[:keep].contiguous()
+        self.semantic_fit = {"numerical_rank": numerical, "kept_rank": keep, "null_dims": width - keep,
+                             "width": width}
         return self.semantic_basis
 
     # ------------------------------------------------------------------------------ forward

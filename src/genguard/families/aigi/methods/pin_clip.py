@@ -8,10 +8,13 @@ positive-incentive-noise objective: minimising the expected task loss under the 
 variational proxy for maximising I(T; E). Inference uses the clean branch.
 
 Reconstructed choices (spec aigi_clip_methods.md §4.2 marks them INFERRED; each is a parameter with
-the spec's default): LoRA r=6, alpha=6 on q,k,v of every visual block; 8 attention heads in the
+the spec's default): LoRA r=6, alpha=6 on q,k,v of every visual block, with the group's code base's
+convention (DGS-Net: scale alpha/sqrt(r), dropout 0.8 on the LoRA input branch); 8 attention heads in the
 generator (the embedded tiny backbone uses 2: 64-d embeddings); sigma = softplus(s + b0) + 1e-4 with
 b0 = -5 so the noise starts tiny; L = L_ce + 1.0 * L_vpn + 1e-3 * L_reg, L_reg = mean(mu^2) +
-KL(N(mu, sigma^2) || N(0, 0.1^2)) per dimension; one noise sample per step.
+KL(N(mu, sigma^2) || N(0, 0.1^2)) per dimension; one noise sample per step. Input: the spec reads the
+shared code base's patch-selected 224-px input (``patch_selection``, as NS-Net/DGS-Net; off by default,
+on in ``conf/gpu``) with the normalisation statistics of ``normalisation``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from genguard.config import dataclass_from_dict
+from genguard.data.images import NORMALISATIONS, input_overrides
 from genguard.families.aigi.detector import Detector
 from genguard.models.backbones import CLIPBackbone, create_backbone
-from genguard.models.lora import add_lora, merge_lora
+from genguard.models.lora import LoRAConfig, add_lora, merge_lora
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class PiNCLIPConfig:
     prompts: tuple[str, ...] = ("A real photo", "A fake photo")
     lora_rank: int = 6
     lora_alpha: float = 6.0
-    lora_rank_stabilised: bool = False
+    lora_scaling: str = "alpha/sqrt(r)"  # the group's code base (DGS-Net, CLIP-LoRA); not stated in the paper
+    lora_dropout: float = 0.8            # likewise: DGS-Net's input-branch dropout
     noise_heads: int = 8
     sigma_bias_init: float = -5.0
     sigma_floor: float = 1e-4
@@ -44,6 +49,8 @@ class PiNCLIPConfig:
     noise_samples: int = 1
     test_noise: str = "off"  # off | mean
     noise_lr: float | None = None  # None: the training lr
+    normalisation: str = "backbone"          # backbone | clip | imagenet
+    patch_selection: dict | None = None      # e.g. {patch_size: 32, grid: 7}: the spectral-entropy mosaic
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> PiNCLIPConfig:
@@ -55,6 +62,8 @@ class PiNCLIPConfig:
             raise ValueError(f"pin_clip.test_noise must be 'off' or 'mean', got {config.test_noise!r}")
         if len(config.prompts) < 2:
             raise ValueError("pin_clip.prompts needs one prompt per class (at least 2)")
+        if config.normalisation not in (*NORMALISATIONS, "backbone"):
+            raise ValueError(f"pin_clip.normalisation must be imagenet, clip or backbone, got {config.normalisation!r}")
         return config
 
 
@@ -102,13 +111,17 @@ class PiNCLIP(Detector):
         super().__init__(init_spec)
         self.config = config
         self.backbone = backbone.freeze()
-        add_lora(self.backbone.visual, config.lora_rank, config.lora_alpha, config.lora_rank_stabilised)
+        add_lora(self.backbone.visual, LoRAConfig(config.lora_rank, config.lora_alpha, config.lora_scaling,
+                                                  config.lora_dropout))
         dim = backbone.embed_dim
         # Class-semantic features from the frozen text tower, computed once (they never change).
         text = F.normalize(backbone.encode_prompts(list(config.prompts)), dim=-1)
         self.register_buffer("class_text_features", text)
         self.noise = PositiveIncentiveNoise(dim, config.noise_heads, config.sigma_bias_init, config.sigma_floor)
         self.head = nn.Linear(dim, 1)
+
+    def preprocess_overrides(self) -> dict:
+        return input_overrides(self.config.patch_selection, self.config.normalisation)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.encode_image(images)
