@@ -141,7 +141,7 @@ def test_canonical_names():
              "jpeg", "blur_x"]
 )
 def test_unknown_or_out_of_range_raises(name):
-    with pytest.raises(ValueError, match=r"valid: clean \| blur_"):
+    with pytest.raises(ValueError, match=r"valid: clean \| .*blur_"):
         get_condition(name)
 
 
@@ -247,3 +247,76 @@ def test_downsample_keeps_the_small_image_and_averages_a_checkerboard():
 def test_genimage_suite_is_the_papers_degraded_test():
     assert resolve_conditions("genimage_robustness") == ["clean", "jpeg_65", "jpeg_30", "blur_3", "blur_5",
                                                          "downsample_0.5", "downsample_0.25"]
+
+
+# --- DeeperForensics-1.0 perturbations ----------------------------------------------------------------------
+
+
+def _noise_image(shape=(48, 50, 3), seed=0):
+    return Image.fromarray((np.random.default_rng(seed).random(shape) * 255).astype(np.uint8))
+
+
+def test_saturation_scales_chroma_towards_grey():
+    image = _noise_image()
+    assert np.abs(np.asarray(get_condition("saturation_1")(image)).astype(int) - np.asarray(image)).max() <= 2
+    grey = np.asarray(get_condition("saturation_0")(image)).astype(int)
+    assert (grey.max(axis=2) - grey.min(axis=2)).max() <= 2  # R = G = B up to rounding
+
+
+def test_contrast_multiplies_and_truncates():
+    image = _noise_image()
+    expected = (np.asarray(image).astype(np.float32) * 0.6).astype(np.uint8)
+    assert np.array_equal(np.asarray(get_condition("contrast_0.6")(image)), expected)
+
+
+def test_blockwise_pastes_grey_blocks_at_image_seeded_places():
+    image = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
+    out = np.asarray(get_condition("blockwise_3")(image))
+    assert set(np.unique(out)) == {0, 128} and (out == 128).any()
+    assert np.array_equal(out, np.asarray(get_condition("blockwise_3")(image)))  # same image, same blocks
+    # at most 3 blocks of 8 x 8: the grey area is at most their union
+    assert (out[..., 0] == 128).sum() <= 3 * 64
+    other = np.asarray(get_condition("blockwise_3")(Image.fromarray(np.full((64, 64, 3), 1, np.uint8))))
+    assert not np.array_equal(out == 128, other == 128)  # another image, other places
+
+
+def test_colour_noise_has_the_stated_variance_and_is_reproducible():
+    image = Image.fromarray(np.full((128, 128, 3), 120, np.uint8))
+    out = np.asarray(get_condition("noise_0.005")(image)).astype(np.float64)
+    assert np.array_equal(out, np.asarray(get_condition("noise_0.005")(image)))
+    luma = 0.299 * out[..., 0] + 0.587 * out[..., 1] + 0.114 * out[..., 2]
+    # Y noise of std sqrt(v) in studio range [16, 235] / 255: ~ sqrt(v) * 255 * 255 / 219 in pixel units
+    expected = np.sqrt(0.005) * 255 * 255 / 219
+    assert abs(luma.std() - expected) / expected < 0.15
+
+
+def test_kernel_blur_is_a_gaussian_of_sigma_k_over_6_on_a_k_kernel():
+    from scipy.ndimage import gaussian_filter
+
+    image = _noise_image()
+    pixels = np.asarray(image, dtype=np.float32)
+    sigma = 13 / 6  # radius 6 pixels = the 13 x 13 kernel
+    expected = np.clip(np.rint(gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect", truncate=6 / sigma)),
+                       0, 255)
+    assert np.array_equal(np.asarray(get_condition("gblur_13")(image)), expected.astype(np.uint8))
+    with pytest.raises(ValueError, match="odd"):
+        get_condition("gblur_8")
+
+
+def test_pixelate_and_h264_keep_the_size_and_degrade_more_at_higher_levels():
+    image = _noise_image((47, 61, 3))  # odd sides: H.264's 4:2:0 needs padding
+    assert get_condition("pixelate_4")(image).size == image.size
+    assert (_gray(get_condition("pixelate_3")(_rgb(np.full((20, 30), 90)))) == 90).all()
+    errors = []
+    for crf in (30, 40):
+        out = get_condition(f"h264_{crf}")(image)
+        assert out.size == image.size and np.array_equal(np.asarray(out), np.asarray(get_condition(f"h264_{crf}")(image)))
+        errors.append(np.abs(np.asarray(out).astype(int) - np.asarray(image)).mean())
+    assert errors[1] > errors[0] > 0
+
+
+def test_deeperforensics_suites():
+    suite = resolve_conditions("deeperforensics")
+    assert len(suite) == 1 + 7 * 3 and suite[0] == "clean"
+    assert {"saturation_0.4", "saturation_0", "h264_40", "gblur_7", "pixelate_6"} <= set(suite)
+    assert len(resolve_conditions("deeperforensics_full")) == 1 + 7 * 5

@@ -234,3 +234,22 @@ def test_summarise_multiclass():
     assert summary["task"] == "multiclass" and "threshold" not in summary
     assert {"acc", "balanced_acc", "macro_f1", "nll", "mean_balanced_acc"} <= set(summary)
     json.dumps(summary)
+
+
+def test_each_manipulation_is_scored_against_its_datasets_reals():
+    from genguard.evaluation.grouping import pair_with_reference
+
+    frame = pd.DataFrame({
+        "dataset": ["ff", "ff", "ff", "ff", "cdf", "cdf"],
+        "forgery": ["real", "real", "deepfakes", "face2face", "real", "synthesis"],
+        "label": [0, 0, 1, 1, 0, 1],
+        "score": [0.1, 0.6, 0.7, 0.3, 0.2, 0.9],
+    })
+    paired = pair_with_reference(frame, "forgery", "real", within="dataset")
+    table = group_table(paired, "group").set_index("group")
+    # deepfakes (0.7) beats both ff reals (0.1, 0.6): AUC 1; face2face (0.3) beats one of two: 0.5
+    assert table.loc["ff/deepfakes", "auc"] == 1.0 and table.loc["ff/face2face", "auc"] == 0.5
+    assert table.loc["cdf/synthesis", "n_real"] == 1  # never the other dataset's reals
+    assert set(paired["group"]) == {"ff/deepfakes", "ff/face2face", "cdf/synthesis"}
+    with pytest.raises(ValueError, match="no 'real' rows in dataset 'x'"):
+        pair_with_reference(frame.assign(dataset="x").query("forgery != 'real'"), "forgery", "real", within="dataset")

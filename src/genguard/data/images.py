@@ -163,3 +163,42 @@ def _manifest_images_from_spec(spec: dict) -> ManifestImages:
     frame = pd.DataFrame({"path": spec["paths"], "label": spec["labels"]})
     return ManifestImages(frame, Preprocess.from_dict(spec["preprocess"]), hflip=spec["hflip"],
                           train=spec.get("train"), extras=load_extras(spec.get("extras_file")))
+
+
+# --------------------------------------------------------------------------------------------------
+# Images handed to a model from outside (the MLflow pyfunc, notebooks)
+
+
+def _load_paths(paths: Sequence[str]) -> list[Image.Image]:
+    images = []
+    for path in paths:
+        with Image.open(path) as handle:
+            images.append(handle.convert("RGB"))  # convert() loads the pixels, so the file can close
+    return images
+
+
+def _as_uint8_batch(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected images as [N, H, W, 3], got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    # JSON serving hands over int64 lists; floats would be ambiguous ([0,1] or [0,255]) so refuse them.
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError("integer pixel values must be within 0..255")
+        return array.astype(np.uint8)
+    raise ValueError(f"pixels must be uint8 (0..255), got dtype {array.dtype}")
+
+
+def image_inputs(model_input: object) -> np.ndarray | list[Image.Image]:
+    """A uint8 array [N, H, W, 3] (one [H, W, 3] image is promoted), a list of PIL images, or a
+    DataFrame with a ``path`` column (images may differ in size) -> what ``Preprocess.batch`` takes."""
+    if isinstance(model_input, pd.DataFrame):
+        if "path" not in model_input.columns:
+            raise ValueError(f"a DataFrame input needs a 'path' column, got columns {list(model_input.columns)}")
+        return _load_paths(model_input["path"].tolist())
+    if isinstance(model_input, list) and all(isinstance(item, Image.Image) for item in model_input):
+        return [item.convert("RGB") for item in model_input]
+    return _as_uint8_batch(np.asarray(model_input))

@@ -11,9 +11,28 @@ rows can carry it: ``clean`` (the untouched input) or ``<kind>_<parameter>``. Th
   low-resolution test of GenImage (LR 112/64 px of 224-px images) and AIGIBench's ``sample`` copies,
   where the detector's own preprocessing decides how to bring the image back to its input size.
 
+The DeeperForensics-1.0 perturbations (Jiang et al., CVPR 2020; the unseen-perturbation protocol of
+face-forgery papers such as LipForensics), each at the parameter of one of its five levels (the
+values of the authors' ``add_distortion_to_video.py``):
+
+* ``saturation_<s>`` – chroma (Cb, Cr of YCbCr) scaled towards grey by s (levels 0.4 … 0.0);
+* ``contrast_<c>`` – pixel values multiplied by c and truncated (levels 0.85 … 0.35);
+* ``blockwise_<n>`` – n 8×8 grey blocks per 256 px of the shorter side (levels 16 … 80);
+* ``noise_<v>`` – white Gaussian noise of variance v in YCbCr (levels 0.001 … 0.05);
+* ``gblur_<k>`` – Gaussian blur with a k×k kernel and sigma k/6 (levels 7 … 21; truncated like the
+  OpenCV kernel, to within a kernel-size rounding);
+* ``pixelate_<f>`` – shrink by the integer factor f and enlarge back, bilinear (levels 2 … 6; the
+  authors call it "JPEG");
+* ``h264_<crf>`` – H.264 (libx264, via PyAV) intra coding at that CRF (levels 30 … 40). The authors
+  re-encode the whole video; a frame-level condition codes each frame alone (an I-frame), which is what
+  a frame-scoring detector sees of it.
+Where the authors draw at random (block positions, noise), the draw is seeded by the image's bytes:
+the same image always gets the same degradation.
+
 Named suites: ``aigi_robustness`` (the embedded leaderboard's: JPEG q95/q75, blur σ1/σ2, down-up ×½)
 and ``genimage_robustness`` (GenImage's degraded test: JPEG q65/q30, blur σ3/σ5, downsampling ×½ and ×¼),
-so a leaderboard can be read against the papers' tables.
+so a leaderboard can be read against the papers' tables; ``deeperforensics`` (all seven types at
+levels 1, 3 and 5) and ``deeperforensics_full`` (all five levels).
 
 Families add kinds (DeeperForensics-style saturation, contrast, noise, pixelation for faces) with
 :func:`register_condition_kind`, and named lists with :func:`register_condition_suite`; nothing
@@ -198,6 +217,224 @@ def downsample_condition(parameter: str) -> Condition:
     return Downsample(factor)
 
 
+# ------------------------------------------------------------------------------------ DeeperForensics
+
+DEEPERFORENSICS_LEVELS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "saturation": ("0.4", "0.3", "0.2", "0.1", "0"),
+    "contrast": ("0.85", "0.725", "0.6", "0.475", "0.35"),
+    "blockwise": ("16", "32", "48", "64", "80"),
+    "noise": ("0.001", "0.002", "0.005", "0.01", "0.05"),
+    "gblur": ("7", "9", "13", "17", "21"),
+    "pixelate": ("2", "3", "4", "5", "6"),
+    "h264": ("30", "32", "35", "38", "40"),
+})
+
+
+def _content_rng(pixels: np.ndarray, salt: str) -> np.random.Generator:
+    import hashlib
+
+    digest = hashlib.sha256(salt.encode() + pixels.tobytes()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+# YCbCr in [0, 1] with the studio ranges the authors use (Y 16..235, Cb/Cr 16..240 of 255).
+def _to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(np.float64) / 255.0 for i in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb, cr = (b - y) * 0.564 + 0.5, (r - y) * 0.713 + 0.5
+    out = np.stack([y, cb, cr], axis=-1)
+    out[..., 0] = (out[..., 0] * (235 - 16) + 16) / 255.0
+    out[..., 1:] = (out[..., 1:] * (240 - 16) + 16) / 255.0
+    return out
+
+
+def _from_ycbcr(ycbcr: np.ndarray) -> np.ndarray:
+    y = (ycbcr[..., 0] * 255.0 - 16) / (235 - 16)
+    cb = (ycbcr[..., 1] * 255.0 - 16) / (240 - 16) - 0.5
+    cr = (ycbcr[..., 2] * 255.0 - 16) / (240 - 16) - 0.5
+    r, b = y + cr / 0.713, y + cb / 0.564
+    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    return np.clip(np.rint(np.stack([r, g, b], axis=-1) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Saturation:
+    factor: float
+
+    @property
+    def name(self) -> str:
+        return f"saturation_{format_number(self.factor)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        ycbcr = _to_ycbcr(_rgb_array(image))
+        ycbcr[..., 1:] = 0.5 + (ycbcr[..., 1:] - 0.5) * self.factor
+        return Image.fromarray(_from_ycbcr(ycbcr), mode="RGB")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    factor: float
+
+    @property
+    def name(self) -> str:
+        return f"contrast_{format_number(self.factor)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        pixels = (_rgb_array(image).astype(np.float32) * self.factor).astype(np.uint8)
+        return Image.fromarray(pixels, mode="RGB")
+
+
+@dataclass(frozen=True)
+class BlockWise:
+    blocks_per_256px: int
+    width: int = 8
+
+    @property
+    def name(self) -> str:
+        return f"blockwise_{self.blocks_per_256px}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        pixels = _rgb_array(image).copy()
+        height, width = pixels.shape[:2]
+        # At least one block's worth per 256 px (the authors' integer division gives none below 256 px,
+        # which would make the condition a no-op on face crops).
+        count = max(1, min(height, width) // 256) * self.blocks_per_256px
+        rng = _content_rng(pixels, self.name)
+        side = min(self.width, height, width)
+        for _ in range(count):
+            top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+            pixels[top:top + side, left:left + side] = 128
+        return Image.fromarray(pixels, mode="RGB")
+
+
+@dataclass(frozen=True)
+class ColourNoise:
+    variance: float
+
+    @property
+    def name(self) -> str:
+        return f"noise_{format_number(self.variance)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        pixels = _rgb_array(image)
+        ycbcr = _to_ycbcr(pixels)
+        ycbcr = ycbcr + np.sqrt(self.variance) * _content_rng(pixels, self.name).standard_normal(ycbcr.shape)
+        return Image.fromarray(_from_ycbcr(ycbcr), mode="RGB")
+
+
+@dataclass(frozen=True)
+class KernelBlur:
+    kernel: int
+
+    @property
+    def name(self) -> str:
+        return f"gblur_{self.kernel}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from scipy.ndimage import gaussian_filter
+
+        sigma = self.kernel / 6.0
+        truncate = (self.kernel // 2) / sigma  # the k x k kernel's radius, in sigmas
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        blurred = gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect", truncate=truncate)
+        return Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8), mode="RGB")
+
+
+@dataclass(frozen=True)
+class Pixelate:
+    factor: int
+
+    @property
+    def name(self) -> str:
+        return f"pixelate_{self.factor}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        small = (max(1, width // self.factor), max(1, height // self.factor))
+        return rgb.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+
+
+@dataclass(frozen=True)
+class H264:
+    crf: int
+
+    @property
+    def name(self) -> str:
+        return f"h264_{self.crf}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import av  # PyAV bundles FFmpeg with libx264
+
+        pixels = _rgb_array(image)
+        height, width = pixels.shape[:2]
+        # 4:2:0 chroma needs even sides: pad by edge replication, crop after decoding.
+        padded = np.pad(pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=1)
+            stream.width, stream.height, stream.pix_fmt = padded.shape[1], padded.shape[0], "yuv420p"
+            stream.options = {"crf": str(self.crf), "preset": "medium"}
+            for packet in stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")):
+                container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        buffer.seek(0)
+        with av.open(buffer) as container:
+            decoded = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        return Image.fromarray(np.ascontiguousarray(decoded[:height, :width]), mode="RGB")
+
+
+def _ranged(parameter: str, what: str, low: float, high: float, integer: bool = False) -> float:
+    value = parse_number(parameter, what)
+    if not low <= value <= high or (integer and value != int(value)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{what} must be {kind} in [{format_number(low)}, {format_number(high)}], got {parameter!r}")
+    return value
+
+
+@register_condition_kind("saturation", "saturation_<factor 0..1>")
+def saturation_condition(parameter: str) -> Condition:
+    return Saturation(_ranged(parameter, "saturation factor", 0.0, 1.0))
+
+
+@register_condition_kind("contrast", "contrast_<factor 0..1>")
+def contrast_condition(parameter: str) -> Condition:
+    return Contrast(_ranged(parameter, "contrast factor", 0.0, 1.0))
+
+
+@register_condition_kind("blockwise", "blockwise_<blocks per 256 px, 1..1000>")
+def blockwise_condition(parameter: str) -> Condition:
+    return BlockWise(int(_ranged(parameter, "block count", 1, 1000, integer=True)))
+
+
+@register_condition_kind("noise", "noise_<variance 0..1>")
+def noise_condition(parameter: str) -> Condition:
+    return ColourNoise(_ranged(parameter, "noise variance", 0.0, 1.0))
+
+
+@register_condition_kind("gblur", "gblur_<odd kernel 3..99>")
+def kernel_blur_condition(parameter: str) -> Condition:
+    kernel = int(_ranged(parameter, "blur kernel", 3, 99, integer=True))
+    if kernel % 2 == 0:
+        raise ValueError(f"blur kernel must be odd, got {kernel}")
+    return KernelBlur(kernel)
+
+
+@register_condition_kind("pixelate", "pixelate_<integer factor 2..64>")
+def pixelate_condition(parameter: str) -> Condition:
+    return Pixelate(int(_ranged(parameter, "pixelation factor", 2, 64, integer=True)))
+
+
+@register_condition_kind("h264", "h264_<crf 0..51>")
+def h264_condition(parameter: str) -> Condition:
+    return H264(int(_ranged(parameter, "H.264 CRF", 0, 51, integer=True)))
+
+
 # ------------------------------------------------------------------------------------ lookup
 
 
@@ -265,5 +502,9 @@ def resolve_conditions(spec: str | Sequence[str]) -> list[str]:
 
 
 register_condition_suite("aigi_robustness", ("clean", "jpeg_95", "jpeg_75", "blur_1", "blur_2", "resize_0.5"))
+register_condition_suite("deeperforensics", tuple(f"{kind}_{levels[i]}" for kind, levels in DEEPERFORENSICS_LEVELS.items()
+                                                  for i in (0, 2, 4)))
+register_condition_suite("deeperforensics_full", tuple(f"{kind}_{level}" for kind, levels in DEEPERFORENSICS_LEVELS.items()
+                                                       for level in levels))
 register_condition_suite("genimage_robustness", ("clean", "jpeg_65", "jpeg_30", "blur_3", "blur_5", "downsample_0.5",
                                                  "downsample_0.25"))

@@ -210,6 +210,33 @@ def table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return [{key: plain(value) for key, value in row.items()} for row in table.to_dict(orient="records")]
 
 
+def pair_with_reference(frame: pd.DataFrame, group_column: str, reference: str, *, within: str | None = None,
+                        separator: str = SUITE_SEPARATOR, output: str = "group") -> pd.DataFrame:
+    """Each group of positives against the shared reference rows, as its own group.
+
+    Face-forgery sets keep one pool of pristine videos per dataset (``forgery == "real"``) and one group
+    per manipulation: a manipulation's AUC compares its fakes with those reals. The result repeats the
+    reference rows once per other group: column ``output`` = ``<within value>/<group>`` (or ``<group>``
+    without ``within``), so :func:`group_table` then gives per-manipulation metrics and
+    :func:`suite_means` per-dataset means. A group of ``within`` with no reference rows is an error.
+    """
+    _require(frame, [group_column, *([within] if within else [])])
+    parts = []
+    scopes = frame.groupby(frame[within].astype(str), sort=True) if within else [(None, frame)]
+    for scope, rows in scopes:
+        groups = rows[group_column].astype(str)
+        references = rows[groups == reference]
+        if references.empty:
+            raise ValueError(f"no {reference!r} rows{f' in {within} {scope!r}' if within else ''}: "
+                             f"groups {sorted(set(groups))} have nothing to be compared with")
+        for name in sorted(set(groups) - {reference}):
+            label = f"{scope}{separator}{name}" if within else name
+            parts.append(pd.concat([rows[groups == name], references]).assign(**{output: label}))
+    if not parts:
+        raise ValueError(f"only {reference!r} rows: there is no group to compare with them")
+    return pd.concat(parts, ignore_index=True)
+
+
 # ------------------------------------------------------------------------------------ suites
 
 

@@ -31,14 +31,15 @@ from genguard.evaluation.grouping import group_table, summarise
 from genguard.families.aigi import AIGI_SCHEMA, FAMILY, GROUP, Detector, build_detector
 from genguard.families.aigi.augment import AugmentConfig, BankCopy
 from genguard.families.aigi.captions import captions_for
-from genguard.families.aigi.inference import TrainedDetector, as_trained_detector, fake_probability
+from genguard.families.aigi.inference import CaptionedDetector
+from genguard.families.aigi.inference import as_trained_detector, fake_probability
 from genguard.io.model_files import ModelFiles, save_model_dir
 from genguard.progress import progress
 from genguard.tracking.callbacks import MlflowEpochLogger
 from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation
 from genguard.tracking.registry import log_and_register_model
-from genguard.training import TrainConfig, count_parameters, fingerprint, fit
-from genguard.training.deepspeed_backend import fit_distributed
+from genguard.training import TrainConfig, count_parameters, fingerprint
+from genguard.training.stages import run_stages
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def has_features(cache: dict[str, torch.Tensor] | None, condition: str = "clean"
 # ------------------------------------------------------------------------------------ training
 def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], model: dict[str, Any],
                    train: dict[str, Any], augment: dict[str, Any], data: dict[str, Any],
-                   checkpoint_dir: str) -> tuple[TrainedDetector, dict[str, Any]]:
+                   checkpoint_dir: str) -> tuple[CaptionedDetector, dict[str, Any]]:
     """Build the detector (seeded), then one training-loop run per stage (most methods: one).
 
     Stage ``s`` of a multi-stage method checkpoints under ``checkpoint_dir/s`` and logs its curves
@@ -203,41 +204,23 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
     log.info("training %s on %d images (val %d) with the %s backend", model["method"], len(train_set),
              len(val_set), config.backend)
 
-    evaluator = BinaryEvaluator()
-    stages = detector.training_stages()
-    history: list[dict[str, Any]] = []
-    seconds, resumed, result = 0.0, None, None
-    for position, (stage, overrides) in enumerate(stages):
-        last = position == len(stages) - 1
-        stage_config = config.with_overrides(overrides)
-        stage_dir = Path(checkpoint_dir) if len(stages) == 1 else Path(checkpoint_dir) / stage
-        detector.begin_stage(stage, train_set)
-        logger = MlflowEpochLogger(prefix="" if last else f"{stage}/")
-        stage_key = fingerprint(data_key, stage, position)
-        if stage_config.backend == "deepspeed":
-            result = fit_distributed(detector, train_set, val_set, stage_config, checkpoint_dir=stage_dir,
-                                     evaluator=evaluator, stage=stage, log_prefix=logger.prefix,
-                                     data_fingerprint=stage_key, desc=f"{model['method']} {stage}")
-        else:
-            result = fit(detector, train_set, val_set, stage_config, evaluator=evaluator, checkpoint_dir=stage_dir,
-                         callbacks=[logger], data_fingerprint=stage_key, desc=f"{model['method']} {stage}")
-        logger.backfill(result.history)
-        history.extend({"stage": stage, **record} for record in result.history)
-        seconds += result.seconds
-        resumed = result.resumed_from_epoch if resumed is None else resumed
+    stages = [stage for stage, _ in detector.training_stages()]
+    result, history, seconds, resumed = run_stages(
+        detector, train_set, val_set, config, evaluator=BinaryEvaluator(), checkpoint_dir=checkpoint_dir,
+        data_fingerprint=data_key, logger=lambda prefix: MlflowEpochLogger(prefix=prefix), desc=model["method"])
     summary = {"method": model["method"], "history": history, "best": result.best,
-               "stages": [stage for stage, _ in stages],
+               "stages": stages,
                "resumed_from_epoch": resumed, "seconds": seconds,
                "n_train": len(train_set), "n_val": len(val_set), "backend": config.backend,
                "trainable_parameters": count_parameters(detector)}
     extra: dict[str, Any] = {"best": result.best}
     if detector.uses_captions:
         extra["captions"] = data.get("captions") or {"kind": "template"}
-    return TrainedDetector(detector, preprocess, extra), summary
+    return CaptionedDetector(detector, preprocess, extra), summary
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def _scores(detector: TrainedDetector, frame: pd.DataFrame, features: dict[str, torch.Tensor] | None,
+def _scores(detector: CaptionedDetector, frame: pd.DataFrame, features: dict[str, torch.Tensor] | None,
             condition: str, batch_size: int, extras: dict[str, torch.Tensor]) -> np.ndarray:
     if has_features(features, condition):
         dataset = _feature_rows(features, frame, condition, extras=extras)
@@ -248,7 +231,7 @@ def _scores(detector: TrainedDetector, frame: pd.DataFrame, features: dict[str, 
     return fake_probability(logits)
 
 
-def evaluate_detector(model: TrainedDetector | ModelFiles, manifest: pd.DataFrame, features: dict[str, torch.Tensor],
+def evaluate_detector(model: CaptionedDetector | ModelFiles, manifest: pd.DataFrame, features: dict[str, torch.Tensor],
                       evaluation: dict[str, Any], data: dict[str, Any]
                       ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float], pd.DataFrame, dict[str, bytes],
                                  dict[str, Any]]:
@@ -314,7 +297,7 @@ def headline(summary: dict[str, Any], table: pd.DataFrame, data: dict[str, Any])
 
 
 # -------------------------------------------------------------------------------- registration
-def register_detector(model: TrainedDetector | ModelFiles, train_summary: dict[str, Any], metrics: dict[str, Any],
+def register_detector(model: CaptionedDetector | ModelFiles, train_summary: dict[str, Any], metrics: dict[str, Any],
                       per_generator: pd.DataFrame, figures: dict[str, bytes],
                       registry: dict[str, Any]) -> dict[str, Any]:
     """Log evaluation + model to the active MLflow run; register a version; move aliases."""
