@@ -14,6 +14,12 @@ dgs_step   per-step cost of a DGS-Net student step (teacher forward + caption he
 shared     frozen-feature store: two frozen detectors with one backbone + input (UnivFD and NS-Net's
            frozen-encoder option) encoded once vs once per detector, degraded test sets included.
 benchmark  wall time and peak RSS of `kedro run --pipelines=aigi_benchmark` (target: < 15 min on 2 cores).
+face_preprocess  face crops of an FF++-layout folder of real H.264 talking-face videos: crops/s of the first
+           run (decode, detect, align, crop) vs the cached rerun (target: the rerun decodes nothing);
+           benchmarks/face.py.
+face_step  one training step of Effort, SeLop, MASM vs the bare backbone's forward+backward (tiny 64-px ViT and
+           random-init ViT-B/16 at 224 px); benchmarks/face.py.
+face_benchmark  wall time and peak RSS of `kedro run --pipelines=deepfake_benchmark` (target: <= 15 min on 2 cores).
 ingestion  checking a generated 20k-image ForenSynths folder: first pass on 1 and 2 processes, second pass
            from the file-check cache (targets: second >= 20x faster, 2 processes >= 1.6x faster); the
            standalone script is benchmarks/ingestion.py.
@@ -196,6 +202,17 @@ def bench_benchmark() -> dict:
     return _kedro_run("aigi_benchmark")
 
 
+def _face(name: str) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import face
+
+    return face.BENCHES[name]()
+
+
+def bench_face_benchmark() -> dict:
+    return _kedro_run("deepfake_benchmark")
+
+
 def bench_ingestion() -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ingestion
@@ -204,7 +221,9 @@ def bench_ingestion() -> dict:
 
 
 BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run, "dgs_step": bench_dgs_step,
-           "shared": bench_shared, "benchmark": bench_benchmark, "ingestion": bench_ingestion}
+           "shared": bench_shared, "benchmark": bench_benchmark, "ingestion": bench_ingestion,
+           "face_preprocess": lambda: _face("preprocess"), "face_step": lambda: _face("step"),
+           "face_benchmark": bench_face_benchmark}
 
 
 def main(names: list[str]) -> None:

@@ -44,3 +44,15 @@ def test_a_wrong_import_breaks_the_contract(tmp_path, contract, offending):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0, result.stdout
     assert "genguard.data.planted" in result.stdout
+
+
+def test_every_family_pipeline_package_is_in_the_independence_layer():
+    """A new family's pipelines must join the "aigi | face" layer, or nothing keeps them apart."""
+    import tomllib
+
+    from genguard.pipeline_registry import FAMILY_PIPELINES
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["id"] == "family-pipelines")["layers"]
+    independent = {name.strip() for name in layers[0].split("|")}
+    assert {module.__name__.rsplit(".", 1)[-1] for module in FAMILY_PIPELINES} == independent

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from genguard.pipelines import aigi
+from genguard.pipelines import aigi, face
 
 #: Family pipeline packages, in the order ``kedro registry list`` and dvc.yaml show them.
-FAMILY_PIPELINES = (aigi,)
+FAMILY_PIPELINES = (aigi, face)
 DEFAULT_PIPELINE = "pin_clip"
 
 

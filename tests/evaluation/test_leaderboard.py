@@ -175,6 +175,14 @@ def test_lower_is_better_metrics_rank_ascending():
                                           "x": {"rank": 2, "mean_eer": 0.2, "held_out_eer": 0.2}}
 
 
+def test_a_level_prefixed_eer_ranks_ascending_too():
+    """Face boards carry video- and frame-level rates (``eer``, ``frame_eer``): both lower-better."""
+    results = _tiny({"x": {"frame_eer": 0.3}, "y": {"frame_eer": 0.1}})
+    board = build_leaderboard(results, systems=["x", "y"], groups=["g"], conditions=["clean"],
+                              metrics=["frame_eer"], rank_by=["frame_eer"])
+    assert dict(zip(board["system"], board["rank"], strict=True)) == {"y": 1, "x": 2}
+
+
 def test_subset_of_conditions_ignores_other_rows_and_ranks_on_the_first():
     board = build(conditions=("blur_1", "jpeg_75"))
     assert list(board["condition"]) == ["blur_1", "jpeg_75"] * 3

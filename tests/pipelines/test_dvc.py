@@ -36,6 +36,10 @@ def clone(tmp_path_factory):
     tiny = yaml.safe_load(local.read_text())
     tiny["data"]["embedded"].pop("out_dir")  # keep the folder dvc.yaml names as the stage's out
     local.write_text(yaml.safe_dump(tiny))
+    face = path / "conf" / "local" / "parameters_face_data.yml"
+    tiny_face = yaml.safe_load(face.read_text())
+    tiny_face["face_data"]["embedded"].pop("out_dir")
+    face.write_text(yaml.safe_dump(tiny_face))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -75,6 +79,24 @@ def test_repro_runs_all_then_is_up_to_date_then_reruns_only_the_changed_stage(cl
     assert "mean_acc" in metrics and "leaderboard" in metrics
 
 
+def test_face_stages_repro_and_keep_the_crop_cache(clone):
+    """The face dataset stage's crop cache is a persist output: DVC keeps it across reruns."""
+    path, env = clone
+    first = _sh(["dvc", "repro", "effort"], path, env)
+    assert "Running stage 'face_dataset'" in first and "Running stage 'effort'" in first
+    assert (path / "data" / "08_reporting" / "effort" / "metrics.json").is_file()
+    crops = path / "data" / "02_intermediate" / "face_crops"
+    marker = crops / "kept.txt"
+    marker.write_text("a crop cached by an earlier run")
+    params_file = path / "conf" / "base" / "parameters_face_data.yml"
+    params = yaml.safe_load(params_file.read_text())
+    params["face_data"]["min_side"] = 31
+    params_file.write_text(yaml.safe_dump(params))
+    second = _sh(["dvc", "repro", "face_dataset"], path, env)
+    assert "Running stage 'face_dataset'" in second
+    assert marker.read_text() == "a crop cached by an earlier run"
+
+
 def test_every_stage_runs_a_registered_pipeline_on_existing_code_and_params():
     """The stages the repro test leaves out are checked for shape: pipeline, deps, params keys."""
     from genguard.pipeline_registry import register_pipelines
@@ -98,11 +120,12 @@ def test_every_stage_runs_a_registered_pipeline_on_existing_code_and_params():
 def test_dvc_yaml_is_what_the_pipeline_registry_generates(monkeypatch, tmp_path):
     """One list of methods: dvc.yaml follows the registry, and a test fails when they disagree."""
     from genguard import dvc_stages
-    from genguard.families.aigi import DETECTORS
+    from genguard.families.aigi import DETECTORS as AIGI
+    from genguard.families.face import DETECTORS as FACE
 
     assert dvc_stages.main(["--check"]) == 0
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert {*DETECTORS, "aigi_data", "aigi_benchmark"} == set(stages)
+    assert {*AIGI, "aigi_data", "aigi_benchmark", *FACE, "face_dataset", "deepfake_benchmark"} == set(stages)
     # a hand-edited dvc.yaml (a stage dropped) is caught
     stale = tmp_path / "dvc.yaml"
     document = yaml.safe_load((ROOT / "dvc.yaml").read_text())

@@ -67,3 +67,31 @@ def test_every_gpu_backbone_uses_the_activation_its_weights_were_trained_with():
     with pytest.raises(ValueError, match="QuickGELU.*-quickgelu"):
         check_activation(BackboneSpec("ViT-L-14", "openai"))
     check_activation(BackboneSpec("ViT-L-14", "openai", extra={"force_quick_gelu": True}))
+
+
+def test_gpu_profile_for_the_face_detectors_is_the_papers_protocol():
+    """CLIP ViT-L/14 (OpenAI, QuickGELU), FF++ c23 training, cross-dataset tests, DeepSpeed; SeLop's budget."""
+    from genguard.families.face.frames import FramePolicy
+    from genguard.families.face.methods.effort import EffortConfig
+    from genguard.families.face.methods.masm import MASMConfig
+    from genguard.families.face.methods.selop import SeLopConfig
+
+    base, gpu = _params("base"), _params("gpu")
+    data = gpu["face_data"]
+    assert data["source"] == "data/01_raw/FaceForensics++" and data["compression"] == "c23"
+    assert data["methods"] == ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+    tests = [entry if isinstance(entry, str) else entry["source"] for entry in data["test_sources"]]
+    assert any("Celeb-DF" in t for t in tests) and any(t.endswith("DFDC") for t in tests)
+    assert any(t.endswith("DFDCP") for t in tests)
+    assert any(isinstance(e, dict) and e["json_names"] == ["DeepFakeDetection"] for e in data["test_sources"])
+    assert FramePolicy(**data["frames"]).crop_size == 224
+    for method, config in (("effort", EffortConfig), ("selop", SeLopConfig), ("masm", MASMConfig)):
+        params = gpu[method]
+        assert params["model"]["backbone"] == {"name": "ViT-L-14-quickgelu", "pretrained": "openai"}
+        config.from_dict(params["model"]["options"])  # every option is a known one
+        train = TrainConfig.from_dict(params["train"])
+        assert train.backend == "deepspeed" and "bf16" in train.deepspeed["config_file"]
+        assert params["registry"] == base[method]["registry"]  # soft merge keeps base keys
+    assert gpu["selop"]["model"]["options"]["budget"] == [390000, 430000]
+    assert gpu["effort"]["model"]["options"]["residual_rank"] == 1
+    assert gpu["deepfake_benchmark"]["conditions"] == "deeperforensics_full"

@@ -60,6 +60,9 @@ class ManifestSchema:
     sort_by: tuple[str, ...] = ("split", "label", "path")
     file_column: str | None = "path"
     size_columns: tuple[str, str] | None = ("width", "height")
+    # Set when the group decides the label: rows of this group are label 0, every other group label 1
+    # (face forgery: forgery "real" vs the manipulations). None: groups hold both classes (AIGI).
+    negative_group: str | None = None
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -71,11 +74,13 @@ class ManifestSchema:
 
 
 def image_schema(name: str, extra: dict[str, str], *, group_column: str, leakage_groups: tuple[str, ...],
-                 sort_by: tuple[str, ...], label_values: tuple[int, ...] | None = (0, 1)) -> ManifestSchema:
+                 sort_by: tuple[str, ...], label_values: tuple[int, ...] | None = (0, 1),
+                 negative_group: str | None = None) -> ManifestSchema:
     """A schema for image rows: the core file + size columns, then the family's own."""
     columns = {**IMAGE_COLUMNS, **extra}
     return ManifestSchema(name=name, columns=tuple(columns.items()), group_column=group_column,
-                          label_values=label_values, leakage_groups=leakage_groups, sort_by=sort_by)
+                          label_values=label_values, leakage_groups=leakage_groups, sort_by=sort_by,
+                          negative_group=negative_group)
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

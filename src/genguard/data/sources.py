@@ -57,9 +57,10 @@ def source_names(family: str) -> list[str]:
     return [name[len(prefix):] for name in SOURCES.names() if name.startswith(prefix) and not name.endswith(FOLDER)]
 
 
-def train_groups(family: str, data: dict[str, Any], group_column: str) -> list[str] | None:
-    """``data.train_<group>s`` when set, else the source's own protocol."""
-    configured = data.get(f"train_{group_column}s")
+def train_groups(family: str, data: dict[str, Any], group_column: str, setting: str | None = None
+                 ) -> list[str] | None:
+    """``data.<setting>`` (default ``train_<group>s``) when set, else the source's own protocol."""
+    configured = data.get(setting or f"train_{group_column}s")
     if configured:
         return list(configured)
     default = resolve_source(family, data).default_train_groups

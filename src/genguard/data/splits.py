@@ -56,16 +56,18 @@ def choose_split(unit: float, choices: Sequence[str], fractions: dict[str, float
 
 
 def protocol_splits(manifest: pd.DataFrame, *, group_column: str, train_groups: Sequence[str] | None = None,
-                    max_per_group: int | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """``{"train", "val", "test"}`` frames; train/val limited to ``train_groups`` (None: every group)."""
+                    max_per_group: int | None = None, seed: int = 0, setting: str | None = None
+                    ) -> dict[str, pd.DataFrame]:
+    """``{"train", "val", "test"}`` frames; train/val limited to ``train_groups`` (None: every group).
+    ``setting``: the parameter that chose them, named in errors (default ``data.train_<group>s``)."""
     if train_groups:
         available = sorted(manifest.loc[manifest["split"] == "train", group_column].unique())
         unknown = sorted(set(train_groups) - set(available))
         if unknown:
             raise DataValidationError(
                 f"the training {group_column}s {unknown} have no training rows; {group_column}s with "
-                f"training rows: {available}. Fix: set data.train_{group_column}s to some of those (or null "
-                "for the data source's own protocol).")
+                f"training rows: {available}. Fix: set {setting or f'data.train_{group_column}s'} to some of "
+                "those (or null for the data source's own protocol).")
         in_train_group = manifest[group_column].isin(train_groups)
     else:
         in_train_group = pd.Series(True, index=manifest.index)

@@ -168,6 +168,17 @@ def _pd_classes_in_train(df: pd.DataFrame, s: _Settings) -> _Outcome:
                     unexpected_count=len(missing))
 
 
+def _pd_label_follows_group(group: str, negative: str) -> Callable[[pd.DataFrame, _Settings], _Outcome]:
+    def check(df: pd.DataFrame, s: _Settings) -> _Outcome:
+        expected = (df[group].astype(str) != negative).astype("int64")
+        mask = df["label"].notna() & (df["label"] != expected)
+        shown = [c for c in ("path", group, "label") if c in df.columns]
+        return _Outcome(success=not mask.any(), offending=_records(df.loc[mask, shown]),
+                        unexpected_count=int(mask.sum()))
+
+    return check
+
+
 def _pd_no_split_leakage(column: str) -> Callable[[pd.DataFrame, _Settings], _Outcome]:
     def check(df: pd.DataFrame, s: _Settings) -> _Outcome:
         if column not in df.columns:
@@ -279,6 +290,12 @@ def _checks_for(settings: _Settings) -> list[_Check]:
         checks.append(_Check("classes_in_train", f"train holds every class {list(schema.label_values)}",
                              "add the missing class (e.g. 0_real/1_fake, nature/ai, real/fake) to the training "
                              "data", ("split", "label"), _pd_classes_in_train, _gx_classes_in_train))
+    if schema.negative_group is not None:
+        negative = schema.negative_group
+        checks.append(_Check(f"label_follows_{group}", f"label is 0 where {group} is {negative!r} and 1 elsewhere",
+                             f"a {negative} row must be label 0 and every other {group} label 1: fix the source's "
+                             f"labels or its {group} column", ("path", group, "label"),
+                             _pd_label_follows_group(group, negative)))
     for column in schema.leakage_groups:
         what = "image (sha256)" if column == "sha256" else f"{column} group"
         checks.append(_Check(f"no_split_leakage:{column}", f"no {what} appears in two splits",

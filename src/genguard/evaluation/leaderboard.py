@@ -43,8 +43,13 @@ DEFAULT_METRICS: tuple[str, ...] = ("acc", "r_acc", "f_acc", "ap")
 DEFAULT_RANK_BY: tuple[str, ...] = ("acc", "ap")
 HELD_OUT = "held_out"
 SUITE_PREFIX = "suite:"
-# Rates where smaller is better; every other leaderboard metric ranks higher-first.
+# Rates where smaller is better; every other leaderboard metric ranks higher-first. A level prefix
+# keeps the direction: ``frame_eer`` (frame-level EER beside the video-level ``eer``) is lower-better too.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"eer"})
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER or metric.rsplit("_", 1)[-1] in LOWER_IS_BETTER
 # Enough to see the pattern of a failure (one system? one group? one condition?) without burying
 # the advice at the end of the message under hundreds of lines.
 _MAX_LISTED = 20
@@ -185,7 +190,7 @@ def _rank(board: pd.DataFrame, conditions: list[str], rank_by: list[str]) -> dic
     ranking = board[board["condition"] == rank_condition(conditions)]
 
     def key(row: dict[str, Any]) -> tuple:
-        values = [row[f"{MEAN_ROW}/{m}"] * (1 if m in LOWER_IS_BETTER else -1) for m in rank_by]
+        values = [row[f"{MEAN_ROW}/{m}"] * (1 if lower_is_better(m) else -1) for m in rank_by]
         return (*values, row["system"])
 
     ordered = sorted(ranking.to_dict(orient="records"), key=key)
@@ -220,7 +225,7 @@ def build_leaderboard(
     ``suite:<suite>/<metric>`` for each named suite when groups are ``<suite>/<subset>``; ``rank``
     (1 = best ``mean/<rank_by[0]>`` on ``clean`` - or on the first condition if ``clean`` is not asked
     for - shared by all conditions of a system; ties go to the next ``rank_by`` metric, then to the
-    name; higher is better except for :data:`LOWER_IS_BETTER`). ``board.attrs["rank_by"]`` remembers
+    name; higher is better except for :func:`lower_is_better`). ``board.attrs["rank_by"]`` remembers
     ``rank_by`` for the readers below.
     """
     systems = _names(systems, "systems")

@@ -13,11 +13,9 @@ child run (its curves, per-generator metrics and plots); the leaderboard goes to
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
-import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +23,18 @@ import mlflow
 import pandas as pd
 import torch
 
-from genguard.data.manifest import DataValidationError
 from genguard.evaluation import leaderboard as lb
 from genguard.evaluation.conditions import resolve_conditions
-from genguard.evaluation.grouping import group_table
 from genguard.families.aigi import GROUP
 from genguard.families.aigi.augment import AugmentConfig
+from genguard.pipelines import detection
 from genguard.pipelines.aigi import nodes as detector_nodes
-from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation, log_params_flat, safe_metric_name
+from genguard.pipelines.detection import SYSTEM
+from genguard.tracking.mlflow_tracking import log_evaluation
 from genguard.training import fingerprint
 
 log = logging.getLogger(__name__)
-SYSTEM = "detector"
+BENCHMARK = "aigi_benchmark"
 RANK_METRICS = ("acc", "ap")
 
 
@@ -88,15 +86,6 @@ def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchma
 
 
 # ------------------------------------------------------------------------------ one detector
-def _long_results(method: str, scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    frames = []
-    for condition, group in scores.groupby("condition", sort=False):
-        table = group_table(group, GROUP, threshold=threshold)
-        table = table[table[GROUP] != "mean"]
-        frames.append(table.assign(**{SYSTEM: method, "condition": condition}))
-    return pd.concat(frames, ignore_index=True)
-
-
 def benchmark_detector(manifest: pd.DataFrame, shared: dict[str, Any], params: dict[str, Any],
                        data: dict[str, Any], benchmark: dict[str, Any]) -> pd.DataFrame:
     """Train + evaluate one detector in a child MLflow run; long per-generator results per condition.
@@ -109,17 +98,15 @@ def benchmark_detector(manifest: pd.DataFrame, shared: dict[str, Any], params: d
     features = shared["caches"].get(method)
     evaluation = {**params["evaluation"], "conditions": benchmark_conditions(benchmark)}
     checkpoint_dir = str(Path(benchmark["checkpoint_dir"]) / method)
-    with active_or_new_run(benchmark.get("experiment", "genguard"), "aigi_benchmark"), \
-            mlflow.start_run(run_name=method, nested=True):
-        mlflow.set_tags({"genguard.benchmark": "aigi_benchmark", "genguard.detector": method})
-        log_params_flat({"model": model, "train": params["train"], "augment": params.get("augment") or {}})
+    logged = {"model": model, "train": params["train"], "augment": params.get("augment") or {}}
+    with detection.child_run(BENCHMARK, benchmark.get("experiment", "genguard"), method, logged):
         started = time.perf_counter()
         trained, summary = detector_nodes.train_detector(manifest, features, model, params["train"],
                                                          params.get("augment") or {}, data, checkpoint_dir)
         scores, metrics, _headline, table, figures, _roc = detector_nodes.evaluate_detector(
             trained, manifest, features, evaluation, data)
         log_evaluation(metrics, table, figures, group_column=GROUP)  # test/mean_acc, test_<condition>/mean_acc, ...
-        results = _long_results(method, scores, float(evaluation.get("threshold", 0.5)))
+        results = detection.long_results(method, scores, GROUP, float(evaluation.get("threshold", 0.5)))
         mlflow.log_metric("benchmark_seconds", time.perf_counter() - started)
     log.info("%s: trained in %.1f s, clean mean acc %.3f", method, summary["seconds"],
              results.loc[results["condition"] == "clean", "acc"].mean())
@@ -140,40 +127,18 @@ def build_leaderboard(manifest: pd.DataFrame, data: dict[str, Any], benchmark: d
                       ) -> tuple[pd.DataFrame, str, dict[str, bytes], dict[str, Any], dict[str, Any]]:
     """Leaderboard CSV, Markdown, heatmaps, DVC metrics and DVC plot records; logged to the parent run."""
     combined = pd.concat(results, ignore_index=True)
-    detectors = list(dict.fromkeys(frame[SYSTEM].iloc[0] for frame in results if len(frame)))
-    if len(detectors) != len(results):
-        raise DataValidationError("a detector produced no results at all; see its child run in MLflow")
+    detectors = detection.check_every_detector_reported(results)
     generators = expected_generators(manifest, benchmark)
     trained_on = detector_nodes.training_generators(data) or []
     board = lb.build_leaderboard(combined, systems=detectors, groups=generators,
                                  conditions=benchmark_conditions(benchmark),
                                  held_out=[g for g in generators if g not in trained_on] or None,
                                  rank_by=RANK_METRICS, system_column=SYSTEM, group_column=GROUP)
-    markdown = lb.leaderboard_markdown(board, title="AIGI detection leaderboard", train_groups=trained_on,
-                                       group_label="generator", system_label=SYSTEM)
-    figures = {"heatmap_acc": lb.leaderboard_heatmap_png(board, "acc"),
-               "heatmap_ap": lb.leaderboard_heatmap_png(board, "ap")}
-    metrics = lb.leaderboard_metrics(board)
-    plot = {"leaderboard": lb.leaderboard_plot_records(board)}
-    _log_leaderboard(board, markdown, figures, metrics, shared["report"], benchmark)
+    markdown, figures, metrics, plot = detection.leaderboard_outputs(
+        board, title="AIGI detection leaderboard", train_groups=trained_on, group_label="generator",
+        metrics_shown=RANK_METRICS)
+    detection.log_leaderboard(BENCHMARK, benchmark.get("experiment", "genguard"), board, markdown, figures, metrics,
+                              reports={"shared_features": shared["report"]},
+                              extra_metrics={"shared_features/encode_seconds_saved":
+                                             shared["report"]["encode_seconds_saved_by_sharing"]})
     return board, markdown, figures, metrics, plot
-
-
-def _log_leaderboard(board: pd.DataFrame, markdown: str, figures: dict[str, bytes], metrics: dict[str, Any],
-                     shared_report: dict[str, Any], benchmark: dict[str, Any]) -> None:
-    with active_or_new_run(benchmark.get("experiment", "genguard"), "aigi_benchmark"):
-        flat = {}
-        for detector, values in metrics.items():
-            flat.update({safe_metric_name(f"{detector}/{k}"): float(v) for k, v in values.items()
-                         if isinstance(v, int | float) and v is not None})
-        mlflow.log_metrics(flat)
-        mlflow.log_metric("shared_features/encode_seconds_saved", shared_report["encode_seconds_saved_by_sharing"])
-        with tempfile.TemporaryDirectory(prefix="genguard-leaderboard-") as tmp:
-            folder = Path(tmp)
-            board.to_csv(folder / "leaderboard.csv", index=False)
-            (folder / "leaderboard.md").write_text(markdown, encoding="utf-8")
-            (folder / "leaderboard_metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-            (folder / "shared_features.json").write_text(json.dumps(shared_report, indent=2))
-            for name, payload in figures.items():
-                (folder / f"{name}.png").write_bytes(payload)
-            mlflow.log_artifacts(str(folder), artifact_path="leaderboard")

@@ -8,22 +8,16 @@ validation report file, whose path is a parameter so it survives a failed valida
 from __future__ import annotations
 
 import logging
-import tempfile
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from genguard.data.datasets import FeatureBank, FeatureRows
 from genguard.data.images import ManifestImages, Preprocess
-from genguard.data.loaders import make_loader
-from genguard.data.manifest import BadFile, DataValidationError
-from genguard.data.sources import resolve_source, train_groups
+from genguard.data.manifest import DataValidationError
+from genguard.data.sources import train_groups
 from genguard.data.splits import protocol_splits
-from genguard.data.validation import validate_manifest
 from genguard.evaluation import plots
 from genguard.evaluation.conditions import get_condition
 from genguard.evaluation.evaluators import BinaryEvaluator, predict_outputs
@@ -33,11 +27,10 @@ from genguard.families.aigi.augment import AugmentConfig, BankCopy
 from genguard.families.aigi.captions import captions_for
 from genguard.families.aigi.inference import CaptionedDetector
 from genguard.families.aigi.inference import as_trained_detector, fake_probability
-from genguard.io.model_files import ModelFiles, save_model_dir
-from genguard.progress import progress
+from genguard.io.model_files import ModelFiles
+from genguard.pipelines import detection
+from genguard.pipelines.detection import encode_rows, feature_rows, has_features, roc_records, sha_tensor
 from genguard.tracking.callbacks import MlflowEpochLogger
-from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation
-from genguard.tracking.registry import log_and_register_model
 from genguard.training import TrainConfig, count_parameters, fingerprint
 from genguard.training.stages import run_stages
 
@@ -47,19 +40,13 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ data
 def ingest_images(data: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Manifest of the images ``data.source`` names: a registered source or a folder."""
-    result = resolve_source(FAMILY, data).ingest(data)
-    return result.manifest, [asdict(bad) for bad in result.bad_files]
+    return detection.ingest(FAMILY, data)
 
 
 def validate_dataset(raw_manifest: pd.DataFrame, bad_files: list[dict[str, str]], data: dict[str, Any],
                      reports_dir: str) -> pd.DataFrame:
     """Stops the run (or drops bad files, per ``data.on_bad_file``) before any training starts."""
-    manifest, _report = validate_manifest(
-        raw_manifest, [BadFile(**bad) for bad in bad_files], schema=AIGI_SCHEMA,
-        report_path=Path(reports_dir) / "data_validation.json",
-        on_bad_file=data.get("on_bad_file", "fail"), min_side=data.get("min_side", 32),
-        expectations=data.get("great_expectations", True))
-    return manifest
+    return detection.validate(raw_manifest, bad_files, data, reports_dir, AIGI_SCHEMA)
 
 
 def training_generators(data: dict[str, Any]) -> list[str] | None:
@@ -73,11 +60,8 @@ def protocol_frames(manifest: pd.DataFrame, data: dict[str, Any]) -> dict[str, p
 
 
 def preprocess_for(detector: Detector, data: dict[str, Any]) -> Preprocess:
-    backbone = detector.backbone
-    options = {"image_size": backbone.image_size, "mean": backbone.image_mean, "std": backbone.image_std,
-               "resize_mode": data.get("resize_mode", "resize")}
-    options.update(detector.preprocess_overrides())  # e.g. NS-Net/DGS-Net: patch selection, ImageNet stats
-    return Preprocess(**options)
+    """NS-Net/DGS-Net fix patch selection and ImageNet statistics (``preprocess_overrides``)."""
+    return detection.preprocess_for(detector, data)
 
 
 def caption_features(detector: Detector, frame: pd.DataFrame, data: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -95,27 +79,6 @@ def build_from_params(model: dict[str, Any]) -> Detector:
 
 
 # ----------------------------------------------------------------------------------- features
-def encode_rows(detector: Detector, frame: pd.DataFrame, preprocess: Preprocess, condition: Any = "clean",
-                batch_size: int = 128) -> torch.Tensor:
-    """Frozen-encoder features of ``frame``'s images, in row order; ``condition`` degrades them first
-    (a condition name, or any image -> image callable such as an augmented bank copy)."""
-    transform = condition if callable(condition) else (None if condition == "clean" else get_condition(condition))
-    label = getattr(condition, "name", None) or (f"copy {condition.copy}" if callable(condition) else condition)
-    images = ManifestImages(frame, preprocess, condition=transform)
-    detector.eval()
-    features = []
-    with torch.no_grad():
-        for batch in progress(make_loader(images, batch_size, shuffle=False), desc=f"encoding ({label})",
-                              unit="batch"):
-            features.append(detector.encode(batch["image"]))
-    return torch.cat(features).contiguous() if features else torch.zeros(0)
-
-
-def _sha_tensor(frame: pd.DataFrame) -> torch.Tensor:
-    sha = np.stack([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in frame["sha256"]])
-    return torch.from_numpy(sha.copy())
-
-
 def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str, Any],
                    conditions: list[str] | tuple[str, ...] = (), augment: dict[str, Any] | None = None,
                    detector: Detector | None = None) -> dict[str, torch.Tensor]:
@@ -130,46 +93,23 @@ def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str
     """
     detector = detector if detector is not None else build_from_params(model)
     if not detector.frozen_backbone:
-        return {"features": torch.zeros(0), "row_sha256": torch.zeros(0, dtype=torch.uint8)}
+        return detection.no_features()
     preprocess = preprocess_for(detector, data)
     frames = protocol_frames(manifest, data)
     rows = pd.concat(frames.values()).drop_duplicates("path").reset_index(drop=True)
-    cache = {"features": encode_rows(detector, rows, preprocess), "row_sha256": _sha_tensor(rows)}
     test = frames["test"].drop_duplicates("path").reset_index(drop=True)
     degraded = [c for c in conditions if c != "clean"]
-    for condition in degraded:
-        cache[f"features@{condition}"] = encode_rows(detector, test, preprocess, condition)
-        cache[f"row_sha256@{condition}"] = _sha_tensor(test)
+    cache = detection.encode_cache(detector, rows, test, preprocess, degraded)
     recipe = AugmentConfig.from_dict(augment)
     if recipe.bank:
         train = frames["train"].drop_duplicates("path").reset_index(drop=True)
         cache["features@bank"] = torch.stack([encode_rows(detector, train, preprocess, BankCopy(recipe, copy))
                                               for copy in range(recipe.bank)])
-        cache["row_sha256@bank"] = _sha_tensor(train)
+        cache["row_sha256@bank"] = sha_tensor(train)
     log.info("cached %d backbone features of size %d (+ %d degraded test sets, %d augmented training copies)",
              len(rows), cache["features"].shape[1] if len(rows) else 0, len(degraded), recipe.bank)
     return cache
 
-
-def _feature_rows(cache: dict[str, torch.Tensor], frame: pd.DataFrame, condition: str = "clean",
-                  extras: dict[str, torch.Tensor] | None = None) -> FeatureRows | FeatureBank:
-    """Cached features of ``frame``'s rows (``condition`` ``bank``: their augmented copies)."""
-    suffix = "" if condition == "clean" else f"@{condition}"
-    index = {bytes(row.numpy()).hex(): i for i, row in enumerate(cache["row_sha256" + suffix])}
-    try:
-        positions = [index[h] for h in frame["sha256"]]
-    except KeyError as missing:
-        raise DataValidationError(f"feature cache lacks the image with sha256 {missing}; "
-                                  "rerun the cache_features node (the manifest changed)") from None
-    labels = torch.as_tensor(frame["label"].to_numpy().copy())
-    if condition == "bank":
-        return FeatureBank(cache["features@bank"][:, positions], labels, extras=extras)
-    return FeatureRows(cache["features" + suffix][positions], labels, extras=extras)
-
-
-def has_features(cache: dict[str, torch.Tensor] | None, condition: str = "clean") -> bool:
-    key = "features" if condition == "clean" else f"features@{condition}"
-    return cache is not None and cache.get(key) is not None and cache[key].numel() > 0
 
 
 # ------------------------------------------------------------------------------------ training
@@ -193,9 +133,9 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
     val_extras = caption_features(detector, frames["val"], data)
     recipe = AugmentConfig.from_dict(augment)
     if has_features(features):
-        train_set = _feature_rows(features, frames["train"], "bank" if has_features(features, "bank") else "clean",
+        train_set = feature_rows(features, frames["train"], "bank" if has_features(features, "bank") else "clean",
                                   extras=train_extras)
-        val_set = _feature_rows(features, frames["val"], extras=val_extras)
+        val_set = feature_rows(features, frames["val"], extras=val_extras)
     else:
         train_set = ManifestImages(frames["train"], preprocess, hflip=recipe.hflip, train=True, extras=train_extras)
         val_set = ManifestImages(frames["val"], preprocess, extras=val_extras)
@@ -223,7 +163,7 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
 def _scores(detector: CaptionedDetector, frame: pd.DataFrame, features: dict[str, torch.Tensor] | None,
             condition: str, batch_size: int, extras: dict[str, torch.Tensor]) -> np.ndarray:
     if has_features(features, condition):
-        dataset = _feature_rows(features, frame, condition, extras=extras)
+        dataset = feature_rows(features, frame, condition, extras=extras)
     else:
         dataset = ManifestImages(frame, detector.preprocess, extras=extras,
                                  condition=None if condition == "clean" else get_condition(condition))
@@ -274,12 +214,6 @@ def evaluate_detector(model: CaptionedDetector | ModelFiles, manifest: pd.DataFr
     }
     return scores, summary, headline(summary, table, data), table, figures, roc_records(clean)
 
-
-def roc_records(frame: pd.DataFrame, max_points: int = 200) -> dict[str, Any]:
-    """The pooled ROC curve as at most ``max_points`` records, for ``dvc plots``."""
-    points = plots.roc_points(frame["label"].to_numpy(), frame["score"].to_numpy())
-    if points is None:
-        return {"roc": []}
     fpr, tpr, _ = points
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_points)).round().astype(int))
     return {"roc": [{"fpr": float(fpr[i]), "tpr": float(tpr[i])} for i in keep]}
@@ -293,7 +227,7 @@ def headline(summary: dict[str, Any], table: pd.DataFrame, data: dict[str, Any])
     out = {"auc": summary["auc"], "mean_acc": summary["mean_acc"], "mean_ap": summary["mean_ap"],
            "held_out_mean_acc": float(rows["acc"].mean()) if len(rows) else float("nan"),
            "held_out_mean_ap": float(rows["ap"].mean()) if len(rows) else float("nan")}
-    return {key: round(float(value), 6) if value == value else None for key, value in out.items()}
+    return detection.rounded(out)
 
 
 # -------------------------------------------------------------------------------- registration
@@ -301,15 +235,5 @@ def register_detector(model: CaptionedDetector | ModelFiles, train_summary: dict
                       per_generator: pd.DataFrame, figures: dict[str, bytes],
                       registry: dict[str, Any]) -> dict[str, Any]:
     """Log evaluation + model to the active MLflow run; register a version; move aliases."""
-    detector = as_trained_detector(model)
-    best = train_summary["best"]
-    with active_or_new_run(registry.get("experiment", "genguard"), train_summary["method"]):
-        log_evaluation(metrics, per_generator, figures, group_column=GROUP)
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = save_model_dir(detector.model, Path(tmp) / "model", extra=detector.files_extra())
-            info = log_and_register_model(
-                model_dir, registered_model_name=registry["model_name"],
-                validation_metric=best["metric"], validation_value=float(best["value"]),
-                greater_is_better=best.get("mode", "max") == "max")
-    log.info("registered %s version %s (aliases: %s)", info["name"], info["version"], info["aliases"])
-    return info
+    return detection.register(as_trained_detector(model), train_summary, metrics, per_generator, figures, registry,
+                              group_column=GROUP)

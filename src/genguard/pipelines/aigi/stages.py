@@ -15,6 +15,7 @@ from genguard.pipelines.aigi.pipeline import BENCHMARK_PIPELINE, DATA_PIPELINE
 
 FAMILY_DIR = "src/genguard/families/aigi"
 PIPELINE_DIR = "src/genguard/pipelines/aigi"
+SHARED_PIPELINE = "src/genguard/pipelines/detection.py"
 # Family code every detector runs through (not the other detectors' method modules).
 SHARED_FAMILY_FILES = ("__init__.py", "detector.py", "schema.py", "captions.py", "inference.py", "sources.py",
                        "layouts.py", "embedded.py", "photos.py", "methods/__init__.py")
@@ -30,7 +31,7 @@ def _detector_stage(method: str, core: list[str]) -> dict[str, Any]:
     return {
         "cmd": f"kedro run --pipelines={method}",
         "deps": [DATASET_OUT, *core, *_shared(), f"{FAMILY_DIR}/methods/{MODULE_FILES[method]}",
-                 f"{PIPELINE_DIR}/nodes.py", f"{PIPELINE_DIR}/pipeline.py", "conf/base/catalog.yml"],
+                 f"{PIPELINE_DIR}/nodes.py", f"{PIPELINE_DIR}/pipeline.py", SHARED_PIPELINE, "conf/base/catalog.yml"],
         "params": [DATA_PARAMS, {f"conf/base/parameters_{method}.yml": [method]}],
         "outs": [f"data/03_primary/{method}", f"data/04_feature/{method}", f"data/06_models/{method}",
                  f"data/07_model_output/{method}"],
@@ -44,7 +45,7 @@ def dvc_stages(core: list[str]) -> dict[str, dict[str, Any]]:
     stages: dict[str, dict[str, Any]] = {
         DATA_PIPELINE: {
             "cmd": f"kedro run --pipelines={DATA_PIPELINE}",
-            "deps": [*core, *_shared(), f"{PIPELINE_DIR}/nodes.py", f"{PIPELINE_DIR}/pipeline.py"],
+            "deps": [*core, *_shared(), f"{PIPELINE_DIR}/nodes.py", f"{PIPELINE_DIR}/pipeline.py", SHARED_PIPELINE],
             "params": [{"conf/base/parameters.yml": ["data.embedded"]}],
             "outs": [DATASET_OUT],
         }
@@ -53,7 +54,7 @@ def dvc_stages(core: list[str]) -> dict[str, dict[str, Any]]:
         stages[method] = _detector_stage(method, core)
     stages[BENCHMARK_PIPELINE] = {
         "cmd": f"kedro run --pipelines={BENCHMARK_PIPELINE}",
-        "deps": [DATASET_OUT, *core, f"{FAMILY_DIR}", f"{PIPELINE_DIR}", "conf/base/catalog.yml"],
+        "deps": [DATASET_OUT, *core, f"{FAMILY_DIR}", f"{PIPELINE_DIR}", SHARED_PIPELINE, "conf/base/catalog.yml"],
         "params": [DATA_PARAMS, {f"conf/base/parameters_{BENCHMARK_PIPELINE}.yml": [BENCHMARK_PIPELINE]},
                    *({f"conf/base/parameters_{method}.yml": [method]} for method in DETECTORS)],
         "outs": [f"data/03_primary/{BENCHMARK_PIPELINE}",
