@@ -610,3 +610,33 @@ def _check_uncached(names: list[str], stats: list[Stat | None], todo: list[int],
     finally:  # also on Ctrl-C: what was checked stays checked
         if store is not None:
             store.store(key, pending)
+
+
+# --------------------------------------------------------------------------------------------------
+# Listing the folders of a published layout
+
+#: Files a dataset folder carries beside its data (docs, lists, sidecars): never a data file.
+NON_DATA_SUFFIXES = frozenset({".txt", ".json", ".md", ".yaml", ".yml", ".csv", ".log"})
+NON_DATA_STEMS = frozenset({"readme", "license", "licence", "thumbs", "desktop"})
+SKIPPED_DIRS = frozenset({"__macosx", "__pycache__"})
+
+
+def is_non_data(name: str) -> bool:
+    lower = name.lower()
+    stem, suffix = os.path.splitext(lower)
+    return lower.startswith(".") or suffix in NON_DATA_SUFFIXES or stem in NON_DATA_STEMS
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Sorted (sub-folders, data files) of ``folder``: hidden and archive-tool folders and obvious non-data
+    files skipped. Broken symlinks (a git-annex tree without content) count as files: the checks name them."""
+    dirs: list[Path] = []
+    files: list[Path] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                if not entry.name.startswith(".") and entry.name.lower() not in SKIPPED_DIRS:
+                    dirs.append(Path(entry.path))
+            elif not is_non_data(entry.name):
+                files.append(Path(entry.path))
+    return sorted(dirs), sorted(files)

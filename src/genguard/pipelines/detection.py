@@ -1,6 +1,7 @@
 """Kedro-side steps every binary-detector family shares (AIGI, face forgery): the data nodes,
 the frozen-feature cache keyed by sha256, ROC records for ``dvc plots``, registration with
-``candidate``/``champion`` aliases, and the benchmark's per-group results and leaderboard logging.
+``candidate``/``champion`` aliases, the benchmark's per-group results and leaderboard logging, and the
+shape of the family's DVC stages.
 
 Family pipeline packages (``genguard.pipelines.<family>``) import this module and never each other
 (the ``pipelines`` contract in pyproject.toml). Nothing here names a family: the caller passes its
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,17 @@ from genguard.evaluation.grouping import group_table
 from genguard.io.model_files import save_model_dir
 from genguard.models.detector import BinaryDetector, TrainedDetector
 from genguard.progress import progress
-from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation, log_params_flat, safe_metric_name
+from genguard.tracking.mlflow_tracking import (
+    active_or_new_run,
+    log_evaluation,
+    log_params_flat,
+    safe_metric_name,
+)
 from genguard.tracking.registry import log_and_register_model
 
 log = logging.getLogger(__name__)
 SYSTEM = "detector"
+SHARED_PIPELINE_FILE = "src/genguard/pipelines/detection.py"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -144,7 +152,7 @@ def roc_records(frame: pd.DataFrame, max_points: int = 200) -> dict[str, Any]:
 
 def rounded(values: dict[str, float]) -> dict[str, float | None]:
     """DVC metrics: six decimals, NaN as null (JSON has no NaN)."""
-    return {key: round(float(value), 6) if value == value else None for key, value in values.items()}
+    return {key: None if math.isnan(float(value)) else round(float(value), 6) for key, value in values.items()}
 
 
 # -------------------------------------------------------------------------------- registration
@@ -224,3 +232,72 @@ def leaderboard_outputs(board: pd.DataFrame, *, title: str, train_groups: list[s
                                        system_label=SYSTEM)
     figures = {f"heatmap_{metric}": lb.leaderboard_heatmap_png(board, metric) for metric in metrics_shown}
     return markdown, figures, lb.leaderboard_metrics(board), {"leaderboard": lb.leaderboard_plot_records(board)}
+
+
+# ---------------------------------------------------------------------------------- DVC stages
+@dataclass(frozen=True)
+class DetectorFamilyStages:
+    """What a detector family's dvc.yaml stages are made of (each family fills one in its ``stages.py``).
+
+    Each stage lists its real dependencies: the core code (given by the caller), the family files every
+    detector shares, its own method module, the pipeline wiring, the catalog and its parameter blocks;
+    outputs, a small metrics JSON and a plot. Another detector's method module is never a dependency,
+    so editing one method reruns only its own stage (and the benchmark).
+    """
+
+    family_dir: str                        # src/genguard/families/<family>
+    pipeline_dir: str                      # src/genguard/pipelines/<family>
+    detectors: tuple[str, ...]
+    module_files: dict[str, str]           # detector -> its file under <family_dir>/methods/
+    shared_family_files: tuple[str, ...]   # relative to family_dir
+    dataset_out: str                       # the embedded default's build folder
+    data_params: dict[str, list[str]]      # {params file: [the data block]}
+    data_pipeline: str
+    benchmark_pipeline: str
+    data_stage_params: list[dict[str, list[str]]]
+    data_stage_extra_outs: tuple[Any, ...] = ()
+    plot_metric: str = "acc"
+
+    def _shared(self) -> list[str]:
+        return [f"{self.family_dir}/{name}" for name in self.shared_family_files]
+
+    def _detector(self, method: str, core: list[str]) -> dict[str, Any]:
+        return {
+            "cmd": f"kedro run --pipelines={method}",
+            "deps": [self.dataset_out, *core, *self._shared(), f"{self.family_dir}/methods/{self.module_files[method]}",
+                     f"{self.pipeline_dir}/nodes.py", f"{self.pipeline_dir}/pipeline.py", SHARED_PIPELINE_FILE,
+                     "conf/base/catalog.yml"],
+            "params": [self.data_params, {f"conf/base/parameters_{method}.yml": [method]}],
+            "outs": [f"data/03_primary/{method}", f"data/04_feature/{method}", f"data/06_models/{method}",
+                     f"data/07_model_output/{method}"],
+            "metrics": [{f"data/08_reporting/{method}/metrics.json": {"cache": False}}],
+            "plots": [{f"data/08_reporting/{method}/roc.json": {"cache": False, "x": "fpr", "y": "tpr"}}],
+        }
+
+    def stages(self, core: list[str]) -> dict[str, dict[str, Any]]:
+        """``{stage name: stage}``: the dataset, one stage per detector, the benchmark."""
+        out: dict[str, dict[str, Any]] = {
+            self.data_pipeline: {
+                "cmd": f"kedro run --pipelines={self.data_pipeline}",
+                "deps": [*core, *self._shared(), f"{self.pipeline_dir}/nodes.py", f"{self.pipeline_dir}/pipeline.py",
+                         SHARED_PIPELINE_FILE],
+                "params": self.data_stage_params,
+                "outs": [self.dataset_out, *self.data_stage_extra_outs],
+            }
+        }
+        for method in self.detectors:
+            out[method] = self._detector(method, core)
+        bench, report = self.benchmark_pipeline, f"data/08_reporting/{self.benchmark_pipeline}"
+        out[bench] = {
+            "cmd": f"kedro run --pipelines={bench}",
+            "deps": [self.dataset_out, *core, self.family_dir, self.pipeline_dir, SHARED_PIPELINE_FILE,
+                     "conf/base/catalog.yml"],
+            "params": [self.data_params, {f"conf/base/parameters_{bench}.yml": [bench]},
+                       *({f"conf/base/parameters_{method}.yml": [method]} for method in self.detectors)],
+            "outs": [f"data/03_primary/{bench}", f"{report}/leaderboard.csv", f"{report}/leaderboard.md",
+                     f"{report}/plots"],
+            "metrics": [{f"{report}/leaderboard_metrics.json": {"cache": False}}],
+            "plots": [{f"{report}/leaderboard_plot.json": {
+                "cache": False, "template": "bar_horizontal", "x": self.plot_metric, "y": "group"}}],
+        }
+        return out

@@ -52,7 +52,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
 from genguard.config import dataclass_from_dict
+from genguard.data.builds import BUILD_INFO_FILE, MANIFEST_FILE, cached_build
 from genguard.data.manifest import SPLITS, normalise_manifest, sha256_file
 from genguard.families.aigi.photos import RealPhoto, all_photos
 from genguard.families.aigi.schema import AIGI_SCHEMA
@@ -68,8 +70,6 @@ BUILDER_VERSION = "2"  # 2: manifest column "origin" (the source photo), same im
 GENERATOR_FAMILIES: tuple[str, ...] = ("vae_recon", "gan_upsampler", "diffusion_sdedit", "diffusion_sample")
 _DIFFUSION_FAMILIES = frozenset({"diffusion_sdedit", "diffusion_sample"})
 _LABEL_DIRS = {0: "0_real", 1: "1_fake"}
-MANIFEST_FILE = "manifest.parquet"
-BUILD_INFO_FILE = "build_info.json"
 
 
 @dataclass
@@ -210,7 +210,7 @@ def build_default_aigi_dataset(out_dir: str | Path, config: DefaultAigiConfig | 
     photos = sorted(all_photos(photo_root), key=lambda photo: photo.source)
     key = cache_key(config, photos)
 
-    cached = _cached_manifest(out_dir, key)
+    cached = cached_build(out_dir, key, AIGI_SCHEMA)
     if cached is not None:
         logger.info("default AIGI dataset in %s is up to date (cache key %s…)", out_dir, key[:12])
         return cached
@@ -532,22 +532,3 @@ def _build_info(config: DefaultAigiConfig, key: str, photos: list[RealPhoto], ma
         "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                         "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
     }
-
-
-def _cached_manifest(out_dir: Path, key: str) -> pd.DataFrame | None:
-    info_path, manifest_path = out_dir / BUILD_INFO_FILE, out_dir / MANIFEST_FILE
-    if not (info_path.is_file() and manifest_path.is_file()):
-        return None
-    try:
-        if json.loads(info_path.read_text()).get("cache_key") != key:
-            return None
-        manifest = pd.read_parquet(manifest_path)
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring an unreadable cached build in %s: %s", out_dir, error)
-        return None
-    # Re-anchor the paths on out_dir as given now (it may be spelled differently, or the folder moved).
-    manifest["path"] = [str(out_dir.joinpath(*Path(p).parts[-4:])) for p in manifest["path"]]
-    if not all(Path(p).is_file() for p in manifest["path"]):
-        logger.warning("cached build in %s lacks image files; rebuilding", out_dir)
-        return None
-    return normalise_manifest(manifest, AIGI_SCHEMA)

@@ -44,10 +44,7 @@ Decisions (documented here because the published layouts leave them open):
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,7 +52,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from genguard.data.files import DEFAULT_MIN_SIDE, ImageCheck, ImageInfo, check_files, check_image_file  # noqa: F401
+from genguard.data.files import (  # noqa: F401
+    DEFAULT_MIN_SIDE,
+    ImageCheck,
+    ImageInfo,
+    check_files,
+    check_image_file,
+    scan_folder,
+)
 from genguard.data.manifest import SPLITS, BadFile, DataValidationError, normalise_manifest
 from genguard.data.splits import choose_split, hash_split_unit, normalised_fractions
 from genguard.families.aigi.schema import AIGI_SCHEMA
@@ -72,9 +76,6 @@ CLASS_FOLDERS: dict[str, dict[str, int]] = {
     "real_fake": {"real": 0, "fake": 1},
 }
 
-_NON_DATA_SUFFIXES = frozenset({".txt", ".json", ".md", ".yaml", ".yml", ".csv", ".log"})
-_NON_DATA_STEMS = frozenset({"readme", "license", "licence", "thumbs", "desktop"})
-_SKIPPED_DIRS = frozenset({"__macosx", "__pycache__"})
 
 _EXPECTED_TREES = """\
   forensynths            <root>/<generator>/[<class>/]{0_real,1_fake}/<images>
@@ -90,29 +91,8 @@ _EXPECTED_TREES = """\
 # Folder listing helpers
 
 
-def _is_non_data(name: str) -> bool:
-    lower = name.lower()
-    stem, suffix = os.path.splitext(lower)
-    return lower.startswith(".") or suffix in _NON_DATA_SUFFIXES or stem in _NON_DATA_STEMS
-
-
-def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Sorted (sub-folders, data files) of ``folder``; hidden folders and obvious non-data are skipped."""
-    dirs: list[Path] = []
-    files: list[Path] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                if not entry.name.startswith(".") and entry.name.lower() not in _SKIPPED_DIRS:
-                    dirs.append(Path(entry.path))
-            elif not _is_non_data(entry.name):
-                # Broken symlinks (e.g. a git-annex tree without content) land here and become BadFiles.
-                files.append(Path(entry.path))
-    return sorted(dirs), sorted(files)
-
-
 def _subdir_names(folder: Path) -> set[str]:
-    return {d.name.lower() for d in _scan(folder)[0]}
+    return {d.name.lower() for d in scan_folder(folder)[0]}
 
 
 def _existing_dir(root: str | Path) -> Path:
@@ -133,7 +113,7 @@ def _existing_dir(root: str | Path) -> Path:
 
 
 def _unknown_layout_error(root: Path, detail: str) -> DataValidationError:
-    dirs, files = _scan(root)
+    dirs, files = scan_folder(root)
     shown = ", ".join(d.name + "/" for d in dirs[:10]) or "no folders"
     if len(dirs) > 10:
         shown += f" and {len(dirs) - 10} more"
@@ -158,7 +138,7 @@ def _subset_evidence(folder: Path) -> str | None:
 
 def _generator_evidence(generator_dir: Path) -> str | None:
     """Which layout a ``<root>/<generator>`` folder belongs to, from the names below it."""
-    dirs, _ = _scan(generator_dir)
+    dirs, _ = scan_folder(generator_dir)
     names = {d.name.lower() for d in dirs}
     if names & set(CLASS_FOLDERS["forensynths"]):
         return "forensynths"
@@ -176,7 +156,7 @@ def _detect_plain(root: Path) -> str | None:
     subset = _subset_evidence(root)
     if subset:
         return subset
-    dirs, _ = _scan(root)
+    dirs, _ = scan_folder(root)
     found: dict[str, list[str]] = defaultdict(list)
     for generator_dir in dirs:
         evidence = _generator_evidence(generator_dir)
@@ -195,7 +175,7 @@ def detect_layout(root: Path) -> str:
     Raises ``DataValidationError`` showing the expected trees when the structure matches none.
     """
     root = _existing_dir(root)
-    dirs, _ = _scan(root)
+    dirs, _ = scan_folder(root)
     split_dirs = [d for d in dirs if d.name.lower() in SPLITS]
     if not split_dirs:
         layout = _detect_plain(root)
@@ -257,7 +237,7 @@ def _unlabelled(files: Iterable[Path], layout: str) -> list[BadFile]:
 
 
 def _files_below(folder: Path) -> Iterable[Path]:
-    dirs, files = _scan(folder)
+    dirs, files = scan_folder(folder)
     yield from files
     for sub in dirs:  # nested folders inside a class folder still carry that class's label
         yield from _files_below(sub)
@@ -268,7 +248,7 @@ def _read_labelled(folder: Path, layout: str, generator: str, choices: tuple[str
     """Read ``folder/<class folder>/...``; ``class_depth`` = how many optional levels may come first."""
     names = CLASS_FOLDERS[layout]
     out = _Collected([], [], [])
-    dirs, files = _scan(folder)
+    dirs, files = scan_folder(folder)
     out.bad_files += _unlabelled(files, layout)
     class_dirs = [d for d in dirs if d.name.lower() in names]
     other_dirs = [d for d in dirs if d.name.lower() not in names]
@@ -284,7 +264,7 @@ def _read_labelled(folder: Path, layout: str, generator: str, choices: tuple[str
         out.problems.append(f"{folder}: no class folders inside; expected {_accepted(layout)}")
         return out
     for sub in other_dirs:
-        sub_dirs, sub_files = _scan(sub)
+        sub_dirs, sub_files = scan_folder(sub)
         if class_depth <= 0 or (sub_files and not sub_dirs):
             # It holds images itself, so it can only be a (wrongly named) class folder.
             out.problems.append(f"{sub}: '{sub.name}' is not a class folder name; "
@@ -312,7 +292,7 @@ def _read_forensynths(base: Path, base_generator: str, choices: tuple[str, ...])
     if _subset_evidence(base) == "forensynths":  # <base>/{0_real,1_fake}: one subset
         return _read_labelled(base, "forensynths", base_generator, choices, class_depth=0)
     out = _Collected([], [], [])
-    dirs, files = _scan(base)
+    dirs, files = scan_folder(base)
     out.bad_files += _unlabelled(files, "forensynths")
     if not dirs:
         out.problems.append(f"{base}: no generator folders inside")
@@ -327,7 +307,7 @@ def _read_real_fake(base: Path, base_generator: str, choices: tuple[str, ...]) -
 
 def _read_genimage_generator(generator_dir: Path, generator: str) -> _Collected:
     out = _Collected([], [], [])
-    dirs, files = _scan(generator_dir)
+    dirs, files = scan_folder(generator_dir)
     out.bad_files += _unlabelled(files, "genimage")
     split_dirs = [d for d in dirs if d.name.lower() in SPLITS]
     for wrong in (d for d in dirs if d.name.lower() not in SPLITS):
@@ -343,7 +323,7 @@ def _read_genimage_generator(generator_dir: Path, generator: str) -> _Collected:
 
 
 def _read_genimage(root: Path) -> _Collected:
-    dirs, files = _scan(root)
+    dirs, files = scan_folder(root)
     if any(d.name.lower() in SPLITS for d in dirs):  # the root is one generator
         return _read_genimage_generator(root, root.name)
     out = _Collected([], _unlabelled(files, "genimage"), [])
@@ -358,7 +338,7 @@ _PLAIN_READERS = {"forensynths": _read_forensynths, "real_fake": _read_real_fake
 
 
 def _read_split_folders(root: Path, inner: str) -> _Collected:
-    dirs, files = _scan(root)
+    dirs, files = scan_folder(root)
     out = _Collected([], _unlabelled(files, inner), [])
     split_dirs = [d for d in dirs if d.name.lower() in SPLITS]
     for wrong in (d for d in dirs if d.name.lower() not in SPLITS):

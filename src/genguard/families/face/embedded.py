@@ -77,6 +77,7 @@ import torch
 from PIL import Image
 
 from genguard.config import dataclass_from_dict
+from genguard.data.builds import BUILD_INFO_FILE, MANIFEST_FILE, cached_build
 from genguard.data.manifest import SPLITS, normalise_manifest, sha256_file
 from genguard.families.face import faces
 from genguard.families.face.forgeries import (
@@ -101,8 +102,6 @@ DATASET = "embedded"
 FORGERIES: tuple[str, ...] = ("sbi", "region_swap", "generator_reconstruction")
 TRAIN_FORGERIES: tuple[str, ...] = ("sbi",)          # the SBI protocol: train on real + self-blends only
 HELD_OUT_FORGERIES: tuple[str, ...] = tuple(f for f in FORGERIES if f not in TRAIN_FORGERIES)
-MANIFEST_FILE = "manifest.parquet"
-BUILD_INFO_FILE = "build_info.json"
 LFW_MAX_FACES = 100                                  # lfw_subset(): 100 faces, then 100 non-faces
 CARPHONE_FRAMES = 120
 ASTRONAUT_BOX = (175, 76, 265, 166)
@@ -285,7 +284,7 @@ def build_default_face_dataset(out_dir: str | Path,
         config = DefaultFaceConfig.from_dict(config)
     sources = real_face_sources()
     key = cache_key(config, sources)
-    cached = _cached_manifest(out_dir, key)
+    cached = cached_build(out_dir, key, FACE_SCHEMA)
     if cached is not None:
         logger.info("default face dataset in %s is up to date (cache key %s…)", out_dir, key[:12])
         return cached
@@ -703,22 +702,3 @@ def _build_info(config: DefaultFaceConfig, key: str, sources: list[RealFaceSourc
         "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                         "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
     }
-
-
-def _cached_manifest(out_dir: Path, key: str) -> pd.DataFrame | None:
-    info_path, manifest_path = out_dir / BUILD_INFO_FILE, out_dir / MANIFEST_FILE
-    if not (info_path.is_file() and manifest_path.is_file()):
-        return None
-    try:
-        if json.loads(info_path.read_text()).get("cache_key") != key:
-            return None
-        manifest = pd.read_parquet(manifest_path)
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring an unreadable cached build in %s: %s", out_dir, error)
-        return None
-    # Re-anchor the paths on out_dir as given now (it may be spelled differently, or the folder moved).
-    manifest["path"] = [str(out_dir.joinpath(*Path(p).parts[-4:])) for p in manifest["path"]]
-    if not all(Path(p).is_file() for p in manifest["path"]):
-        logger.warning("cached build in %s lacks image files; rebuilding", out_dir)
-        return None
-    return normalise_manifest(manifest, FACE_SCHEMA)

@@ -58,7 +58,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -68,6 +67,7 @@ from typing import Any
 
 import pandas as pd
 
+from genguard.data.files import scan_folder
 from genguard.data.manifest import SPLITS, BadFile, DataValidationError
 from genguard.data.video import VIDEO_SUFFIXES
 from genguard.families.face.frames import FRAMES_COLUMN, VIDEO_TABLE_COLUMNS
@@ -111,8 +111,6 @@ DEEPFAKEBENCH_FORGERIES: dict[str, str] = {
     "DFDCP_FakeA": "method_A", "DFDCP_FakeB": "method_B", "DFDC_Fake": DFDC_FORGERY,
 }
 
-_NON_DATA_SUFFIXES = frozenset({".txt", ".json", ".md", ".yaml", ".yml", ".csv", ".log"})
-_NON_DATA_STEMS = frozenset({"readme", "license", "licence", "thumbs", "desktop"})
 _SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # which split keeps a video or identity found in several
 
 _EXPECTED_TREES = """\
@@ -159,29 +157,10 @@ class _Collected:
 # Folder helpers
 
 
-def _is_non_data(name: str) -> bool:
-    lower = name.lower()
-    stem, suffix = os.path.splitext(lower)
-    return lower.startswith(".") or suffix in _NON_DATA_SUFFIXES or stem in _NON_DATA_STEMS
-
-
-def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Sorted (sub-folders, data files) of ``folder``; hidden entries and obvious non-data skipped."""
-    dirs: list[Path] = []
-    files: list[Path] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                if not entry.name.startswith(".") and entry.name != "__MACOSX":
-                    dirs.append(Path(entry.path))
-            elif not _is_non_data(entry.name):
-                files.append(Path(entry.path))
-    return sorted(dirs), sorted(files)
-
 
 def _videos_in(folder: Path, *, recursive: bool = False) -> tuple[list[Path], list[BadFile]]:
     """Video files in ``folder`` (and below when ``recursive``); other data files are ``BadFile``s."""
-    dirs, files = _scan(folder)
+    dirs, files = scan_folder(folder)
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
     bad = [BadFile(str(f), f"not a video file (suffix {f.suffix or '(none)'!r}; accepted: "
                            f"{', '.join(sorted(VIDEO_SUFFIXES))})") for f in files if f not in videos]
@@ -229,7 +208,7 @@ def _licence(dataset: str) -> str:
 
 
 def _unknown_layout_error(root: Path, detail: str) -> DataValidationError:
-    dirs = _scan(root)[0]
+    dirs = scan_folder(root)[0]
     shown = ", ".join(d.name + "/" for d in dirs[:10]) or "no folders"
     if len(dirs) > 10:
         shown += f" and {len(dirs) - 10} more"
@@ -246,7 +225,7 @@ def detect_layout(root: str | Path) -> str:
     """Name the layout of ``root`` (one of ``LAYOUTS``); ``DataValidationError`` showing the expected trees
     when the structure matches none."""
     root = _existing_dir(root)
-    names = {d.name for d in _scan(root)[0]}
+    names = {d.name for d in scan_folder(root)[0]}
     if (root / DEEPFAKEBENCH_JSON_DIR).is_dir():
         return "deepfakebench"
     if names & {"original_sequences", "manipulated_sequences"}:
@@ -302,7 +281,7 @@ def _ff_videos_dir(base: Path, compression: str, what: str, out: _Collected) -> 
     folder = base / compression / "videos"
     if folder.is_dir():
         return folder
-    present = sorted(d.name for d in _scan(base)[0]) if base.is_dir() else []
+    present = sorted(d.name for d in scan_folder(base)[0]) if base.is_dir() else []
     out.problems.append(f"{folder} does not exist ({what}); compression levels found in {base}: "
                         f"{', '.join(present) or 'none'}; set compression= to one of "
                         f"{', '.join(FF_COMPRESSIONS)}")
@@ -340,7 +319,7 @@ def _read_faceforensics(root: Path, *, compression: str, methods: Sequence[str] 
     if real is not None:
         sources.append((real, REAL))
     manipulated = root / "manipulated_sequences"
-    present = [d.name for d in _scan(manipulated)[0]] if manipulated.is_dir() else []
+    present = [d.name for d in scan_folder(manipulated)[0]] if manipulated.is_dir() else []
     chosen = list(methods) if methods is not None else [m for m in FF_METHODS if m in present]
     ignored = sorted(set(present) - set(chosen))
     if ignored:
@@ -433,10 +412,10 @@ def _read_celebdf(root: Path, *, test_list: str | Path | None, dataset: str | No
 def _dfdc_lists(root: Path, name: str) -> list[Path]:
     """``name`` files at the root and up to two folder levels below it (parts, train/parts, test)."""
     found = [root / name] if (root / name).is_file() else []
-    for sub in _scan(root)[0]:
+    for sub in scan_folder(root)[0]:
         if (sub / name).is_file():
             found.append(sub / name)
-        found += [d / name for d in _scan(sub)[0] if (d / name).is_file()]
+        found += [d / name for d in scan_folder(sub)[0] if (d / name).is_file()]
     return found
 
 

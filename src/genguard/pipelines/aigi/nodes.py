@@ -25,8 +25,7 @@ from genguard.evaluation.grouping import group_table, summarise
 from genguard.families.aigi import AIGI_SCHEMA, FAMILY, GROUP, Detector, build_detector
 from genguard.families.aigi.augment import AugmentConfig, BankCopy
 from genguard.families.aigi.captions import captions_for
-from genguard.families.aigi.inference import CaptionedDetector
-from genguard.families.aigi.inference import as_trained_detector, fake_probability
+from genguard.families.aigi.inference import CaptionedDetector, as_trained_detector, fake_probability
 from genguard.io.model_files import ModelFiles
 from genguard.pipelines import detection
 from genguard.pipelines.detection import encode_rows, feature_rows, has_features, roc_records, sha_tensor
@@ -213,10 +212,6 @@ def evaluate_detector(model: CaptionedDetector | ModelFiles, manifest: pd.DataFr
         "per_generator": plots.group_bar_png(table, GROUP),
     }
     return scores, summary, headline(summary, table, data), table, figures, roc_records(clean)
-
-    fpr, tpr, _ = points
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_points)).round().astype(int))
-    return {"roc": [{"fpr": float(fpr[i]), "tpr": float(tpr[i])} for i in keep]}
 
 
 def headline(summary: dict[str, Any], table: pd.DataFrame, data: dict[str, Any]) -> dict[str, float]:

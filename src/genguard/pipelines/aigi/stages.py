@@ -1,9 +1,4 @@
-"""The AIGI family's DVC stages, generated from ``DETECTORS`` (never written by hand).
-
-Each stage lists its real dependencies: the core code it runs on (given by the caller), the family
-files every detector shares, its own method module, its pipeline wiring, the catalog and its
-parameter blocks; its outputs, a small metrics JSON and a plot.
-"""
+"""The AIGI family's DVC stages, generated from ``DETECTORS`` (never written by hand)."""
 
 from __future__ import annotations
 
@@ -12,57 +7,25 @@ from typing import Any
 from genguard.families.aigi import DETECTORS
 from genguard.families.aigi.methods import MODULE_FILES
 from genguard.pipelines.aigi.pipeline import BENCHMARK_PIPELINE, DATA_PIPELINE
+from genguard.pipelines.detection import DetectorFamilyStages
 
-FAMILY_DIR = "src/genguard/families/aigi"
-PIPELINE_DIR = "src/genguard/pipelines/aigi"
-SHARED_PIPELINE = "src/genguard/pipelines/detection.py"
-# Family code every detector runs through (not the other detectors' method modules).
-SHARED_FAMILY_FILES = ("__init__.py", "detector.py", "schema.py", "captions.py", "inference.py", "sources.py",
-                       "layouts.py", "embedded.py", "photos.py", "methods/__init__.py")
-DATASET_OUT = "data/02_intermediate/aigi_default"
-DATA_PARAMS = {"conf/base/parameters.yml": ["data"]}
-
-
-def _shared() -> list[str]:
-    return [f"{FAMILY_DIR}/{name}" for name in SHARED_FAMILY_FILES]
-
-
-def _detector_stage(method: str, core: list[str]) -> dict[str, Any]:
-    return {
-        "cmd": f"kedro run --pipelines={method}",
-        "deps": [DATASET_OUT, *core, *_shared(), f"{FAMILY_DIR}/methods/{MODULE_FILES[method]}",
-                 f"{PIPELINE_DIR}/nodes.py", f"{PIPELINE_DIR}/pipeline.py", SHARED_PIPELINE, "conf/base/catalog.yml"],
-        "params": [DATA_PARAMS, {f"conf/base/parameters_{method}.yml": [method]}],
-        "outs": [f"data/03_primary/{method}", f"data/04_feature/{method}", f"data/06_models/{method}",
-                 f"data/07_model_output/{method}"],
-        "metrics": [{f"data/08_reporting/{method}/metrics.json": {"cache": False}}],
-        "plots": [{f"data/08_reporting/{method}/roc.json": {"cache": False, "x": "fpr", "y": "tpr"}}],
-    }
+STAGES = DetectorFamilyStages(
+    family_dir="src/genguard/families/aigi",
+    pipeline_dir="src/genguard/pipelines/aigi",
+    detectors=DETECTORS,
+    module_files=MODULE_FILES,
+    # Family code every detector runs through (not the other detectors' method modules).
+    shared_family_files=("__init__.py", "detector.py", "schema.py", "captions.py", "inference.py", "sources.py",
+                         "layouts.py", "embedded.py", "photos.py", "methods/__init__.py"),
+    dataset_out="data/02_intermediate/aigi_default",
+    data_params={"conf/base/parameters.yml": ["data"]},
+    data_pipeline=DATA_PIPELINE,
+    benchmark_pipeline=BENCHMARK_PIPELINE,
+    data_stage_params=[{"conf/base/parameters.yml": ["data.embedded"]}],
+    plot_metric="acc",
+)
 
 
 def dvc_stages(core: list[str]) -> dict[str, dict[str, Any]]:
     """``{stage name: stage}`` for dvc.yaml: the dataset, one stage per detector, the benchmark."""
-    stages: dict[str, dict[str, Any]] = {
-        DATA_PIPELINE: {
-            "cmd": f"kedro run --pipelines={DATA_PIPELINE}",
-            "deps": [*core, *_shared(), f"{PIPELINE_DIR}/nodes.py", f"{PIPELINE_DIR}/pipeline.py", SHARED_PIPELINE],
-            "params": [{"conf/base/parameters.yml": ["data.embedded"]}],
-            "outs": [DATASET_OUT],
-        }
-    }
-    for method in DETECTORS:
-        stages[method] = _detector_stage(method, core)
-    stages[BENCHMARK_PIPELINE] = {
-        "cmd": f"kedro run --pipelines={BENCHMARK_PIPELINE}",
-        "deps": [DATASET_OUT, *core, f"{FAMILY_DIR}", f"{PIPELINE_DIR}", SHARED_PIPELINE, "conf/base/catalog.yml"],
-        "params": [DATA_PARAMS, {f"conf/base/parameters_{BENCHMARK_PIPELINE}.yml": [BENCHMARK_PIPELINE]},
-                   *({f"conf/base/parameters_{method}.yml": [method]} for method in DETECTORS)],
-        "outs": [f"data/03_primary/{BENCHMARK_PIPELINE}",
-                 f"data/08_reporting/{BENCHMARK_PIPELINE}/leaderboard.csv",
-                 f"data/08_reporting/{BENCHMARK_PIPELINE}/leaderboard.md",
-                 f"data/08_reporting/{BENCHMARK_PIPELINE}/plots"],
-        "metrics": [{f"data/08_reporting/{BENCHMARK_PIPELINE}/leaderboard_metrics.json": {"cache": False}}],
-        "plots": [{f"data/08_reporting/{BENCHMARK_PIPELINE}/leaderboard_plot.json": {
-            "cache": False, "template": "bar_horizontal", "x": "acc", "y": "group"}}],
-    }
-    return stages
+    return STAGES.stages(core)

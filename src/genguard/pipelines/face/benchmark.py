@@ -93,8 +93,8 @@ def build_leaderboard(manifest: pd.DataFrame, data: dict[str, Any], benchmark: d
     trained_on = [f"{dataset}/{forgery}" for dataset in sorted(manifest["dataset"].astype(str).unique())
                   for forgery in detector_nodes.training_forgeries(data) or []]
     markdown, figures, metrics, plot = detection.leaderboard_outputs(
-        board, title="Face-forgery detection leaderboard (video-level AUC; frame level as frame_*)",
-        train_groups=[g for g in groups if g in trained_on], group_label="test set/forgery",
+        board, title="Face-forgery detection leaderboard (<test set>/<forgery>; video AUC, frame level as FRAME_*)",
+        train_groups=[g for g in groups if g in trained_on], group_label="forgery group",
         metrics_shown=protocol.RANK_METRICS)
     parameters = combined.drop_duplicates(SYSTEM).set_index(SYSTEM)["trainable_parameters"]
     markdown += "\n\nTrainable parameters: " + ", ".join(f"{name} {int(count):,}" for name, count in parameters.items())

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genguard.data.images import ManifestImages, Preprocess
+from genguard.data.images import ManifestImages
 from genguard.data.manifest import DataValidationError
 from genguard.data.sources import train_groups
 from genguard.data.splits import protocol_splits

@@ -62,8 +62,8 @@ from genguard.config import dataclass_from_dict
 from genguard.families.face.detector import FaceDetector
 from genguard.families.face.methods import _vit
 from genguard.families.face.methods._spectral import (
-    SplitSite,
     SpectralResidual,
+    SplitSite,
     basis_deviation_sq,
     decompose_attention,
     fold_sites,
