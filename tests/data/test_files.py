@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import genguard.data.files as files
+from genguard.data import files
 from genguard.data.files import (
     CheckCache,
     ImageCheck,

@@ -21,26 +21,16 @@ from genguard.data.video import (
     decode_frames,
     probe_video,
     sample_indices,
+    write_video,
 )
 
 
 def _encode(path: Path, n: int = 24, size: int = 32, *, fps: int = 24, options: dict | None = None) -> Path:
-    """An H.264 video whose frame i is a flat grey of level 10*i (so a decoded frame names its index)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", options=options or {}) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "0"}  # lossless, so frame i decodes to grey level 10*i
-        if n == 0:
-            container.start_encoding()
-        for i in range(n):
-            pixels = np.full((size, size, 3), (10 * i) % 256, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    """An H.264 video whose frame i is a flat grey of level 10*i (lossless, so a decoded frame names its index)."""
+    frames = [np.full((size, size, 3), (10 * i) % 256, np.uint8) for i in range(n)]
+    if n == 0:
+        frames = []
+    return write_video(path, frames, fps=fps, crf=0, container_options=options)
 
 
 # --------------------------------------------------------------------------------------------------

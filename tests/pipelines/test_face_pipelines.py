@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from genguard.data.manifest import DataValidationError
+from genguard.data.video import write_video
 from genguard.families.face import DETECTORS
 
 from .conftest import ROOT, run_session
@@ -68,6 +69,9 @@ def test_training_reads_real_and_sbi_only_and_tests_every_kind(trained):
     assert set(frames["test"]["forgery"]) == {"real", "sbi", "region_swap", "generator_reconstruction"}
     scores = pd.read_parquet(trained / "data" / "07_model_output" / "effort" / "scores.parquet")
     assert set(scores["split"]) == {"test"} and set(scores["condition"]) == {"clean", "h264_32"}
+    # the perturbation really reaches the model: the same crops score differently under it
+    wide = scores.pivot(index="path", columns="condition", values="score")
+    assert wide.notna().all().all() and (wide["clean"] - wide["h264_32"]).abs().max() > 1e-4
 
 
 def test_registered_champions_load_back_and_reproduce_pipeline_scores(trained):
@@ -133,17 +137,6 @@ def _carphone() -> tuple[np.ndarray, ...]:
         return tuple(frame.to_ndarray(format="rgb24") for frame in container.decode(video=0))
 
 
-def _encode(path: Path, frames) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def _ff_folder(root: Path) -> Path:
     """Eight real videos (12-frame stretches of a real talking-face clip) and eight "Deepfakes" (the
     same stretches darkened) in FF++'s published layout, with its train/val/test pair lists."""
@@ -154,9 +147,9 @@ def _ff_folder(root: Path) -> Path:
             for target, source in ((a, b), (b, a)):
                 start = int(target) * 14
                 real = clip[start:start + 12]
-                _encode(root / "original_sequences" / "youtube" / "c23" / "videos" / f"{target}.mp4", real)
+                write_video(root / "original_sequences" / "youtube" / "c23" / "videos" / f"{target}.mp4", real)
                 fake = [np.clip(frame.astype(int) - 40, 0, 255).astype(np.uint8) for frame in real]
-                _encode(root / "manipulated_sequences" / "Deepfakes" / "c23" / "videos" / f"{target}_{source}.mp4",
+                write_video(root / "manipulated_sequences" / "Deepfakes" / "c23" / "videos" / f"{target}_{source}.mp4",
                         fake)
     (root / "splits").mkdir()
     for split, listed in pairs.items():

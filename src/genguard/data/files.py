@@ -101,25 +101,28 @@ def _sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _describe_non_image(head: bytes) -> str:
-    """Say what a file that is not an image holds; the usual culprits get a hint."""
+def describe_content(head: bytes, expected: str = "image") -> str:
+    """Say what a file that is not the ``expected`` kind (image, video) holds, from its first bytes;
+    the usual culprits (a Git LFS pointer, a saved login page) get a hint."""
     lowered = head.lstrip().lower()
     if lowered.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer (the image was never downloaded; run `git lfs pull`)"
+        return f"a Git LFS pointer (the {expected} was never downloaded; run `git lfs pull`)"
     if lowered.startswith((b"<!doctype html", b"<html")):
-        return "an HTML page (usually a failed download or a login page saved under an image name)"
-    for magic, what in ((b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip data"), (b"%PDF", "a PDF"),
+        article = "an" if expected[:1] in "aeiou" else "a"
+        return f"an HTML page (usually a failed download or a login page saved under {article} {expected} name)"
+    for magic, what in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                        (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip data"), (b"%PDF", "a PDF"),
                         (b"\x00\x00\x00\x1cftyp", "an ISO media file (HEIC/AVIF/MP4?)")):
         if head.startswith(magic):
             return what
     if b"\x00" not in head:
         try:
             text = head.decode("utf-8")
-        except UnicodeDecodeError as err:
+        except UnicodeDecodeError as err:  # a multi-byte character cut by the end of the head is still text
             text = head[:err.start].decode("utf-8") if err.start > len(head) - 4 else None
         if text is not None:
             return f"text (starts with {text[:40]!r})"
-    return f"unknown (first bytes {head[:8].hex(' ')})"
+    return f"unknown data (first bytes {head[:8].hex(' ')})"
 
 
 def _png_expected_size(path: Path, size: int) -> int | None:
@@ -157,7 +160,7 @@ def _expected_size(path: Path, fmt: str, head: bytes, size: int) -> tuple[int, b
 def _failure_reason(path: Path, fmt: str | None, head: bytes, size: int, err: Exception) -> str:
     message = str(err) or type(err).__name__
     if fmt is None:
-        return f"not an image: content is {_describe_non_image(head)}"
+        return f"not an image: content is {describe_content(head, 'image')}"
     expected = _expected_size(path, fmt, head, size)
     looks_truncated = (expected is not None or "truncat" in message.lower()
                        or isinstance(err, (EOFError, struct.error)))

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from genguard.data.files import options_cache_key
+from genguard.data.files import describe_content, options_cache_key
 from genguard.data.manifest import BadFile, sha256_file
 
 VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
@@ -81,23 +81,6 @@ def sample_indices(n_frames: int, n: int, mode: str = "uniform") -> list[int]:
 # Checking one video
 
 
-def _describe_content(head: bytes) -> str:
-    """What a file that FFmpeg cannot open holds, from its first bytes."""
-    lowered = head.lstrip().lower()
-    if lowered.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer (the video was never downloaded; run `git lfs pull`)"
-    if lowered.startswith((b"<!doctype html", b"<html")):
-        return "an HTML page (usually a failed download or a login page saved under a video name)"
-    for magic, what in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-                        (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip data"), (b"%PDF", "a PDF")):
-        if head.startswith(magic):
-            return what
-    if head and b"\x00" not in head:
-        with contextlib.suppress(UnicodeDecodeError):
-            return f"text (starts with {head.decode('utf-8')[:40]!r})"
-    return f"unknown data (first bytes {head[:8].hex(' ')})"
-
-
 def _sniff_container(head: bytes) -> str | None:
     """The container a file claims to be by its magic bytes (it may still be truncated or corrupt)."""
     if head[4:8] == b"ftyp":
@@ -119,7 +102,7 @@ def _open_failure(head: bytes, err: Exception) -> str:
     container = _sniff_container(head)
     message = str(err) or type(err).__name__
     if container is None:
-        return f"not a video: FFmpeg cannot open it; content is {_describe_content(head)}"
+        return f"not a video: FFmpeg cannot open it; content is {describe_content(head, 'video')}"
     hint = " (truncated download? an MP4 whose index, the 'moov' box, is at its end cannot be read " \
            "without it)" if container == "MP4/MOV" else " (truncated or corrupt)"
     return f"undecodable {container}: FFmpeg cannot open it: {message}{hint}"
@@ -299,3 +282,30 @@ def decode_frames(path: str | Path, indices: Sequence[int]) -> list[np.ndarray]:
     if missing:
         raise VideoError(f"{path}: frames {missing[:5]} requested but the video ends after {count} frames")
     return [found[int(i)] for i in indices]
+
+
+def write_video(path: str | Path, frames: Sequence[np.ndarray], *, fps: int = 25, crf: int | None = None,
+                container_options: dict[str, str] | None = None) -> Path:
+    """Encode HxWx3 uint8 ``frames`` as H.264 (yuv420p) into ``path``; ``crf`` 0 is lossless.
+
+    For fixtures, benchmarks and exported clips; written in place (callers that need atomicity write
+    into a temporary folder). An empty ``frames`` writes a valid container with zero frames.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        if frames:
+            stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if crf is not None:
+            stream.options = {"crf": str(crf)}
+        if not frames:
+            stream.width = stream.height = 16
+            container.start_encoding()
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -108,6 +108,25 @@ def format_number(value: float) -> str:
 # ------------------------------------------------------------------------------------ built-in kinds
 
 
+def _gaussian_rgb(image: Image.Image, sigma: float, truncate: float = 4.0) -> Image.Image:
+    """scipy's exact Gaussian per channel with a reflect border: what the CNNDetection/AIGIBench and
+    DeeperForensics code use, so "sigma" means the same as in their tables (PIL's GaussianBlur is a
+    box-filter approximation)."""
+    from scipy.ndimage import gaussian_filter
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blurred = gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect", truncate=truncate)
+    return Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _down_up(image: Image.Image, small_side: Callable[[int], int]) -> Image.Image:
+    """Bilinear down to ``small_side(width) x small_side(height)``, then back to the original size."""
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    small = (small_side(width), small_side(height))
+    return rgb.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+
+
 @dataclass(frozen=True)
 class Identity:
     name: str = CLEAN
@@ -143,14 +162,7 @@ class GaussianBlur:
         return f"blur_{format_number(self.sigma)}"
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        # scipy's exact Gaussian (per channel, reflect border) is what the CNNDetection/AIGIBench
-        # robustness code uses, so "sigma" means the same as in their tables; PIL's GaussianBlur is
-        # a box-filter approximation.
-        from scipy.ndimage import gaussian_filter
-
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        blurred = gaussian_filter(pixels, sigma=(self.sigma, self.sigma, 0), mode="reflect")
-        return Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8), mode="RGB")
+        return _gaussian_rgb(image, self.sigma)
 
 
 @dataclass(frozen=True)
@@ -162,10 +174,7 @@ class DownUpResize:
         return f"resize_{format_number(self.factor)}"
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        rgb = image.convert("RGB")
-        width, height = rgb.size
-        small = (max(1, round(width * self.factor)), max(1, round(height * self.factor)))
-        return rgb.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+        return _down_up(image, lambda side: max(1, round(side * self.factor)))
 
 
 @dataclass(frozen=True)
@@ -335,13 +344,8 @@ class KernelBlur:
         return f"gblur_{self.kernel}"
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        from scipy.ndimage import gaussian_filter
-
         sigma = self.kernel / 6.0
-        truncate = (self.kernel // 2) / sigma  # the k x k kernel's radius, in sigmas
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        blurred = gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect", truncate=truncate)
-        return Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8), mode="RGB")
+        return _gaussian_rgb(image, sigma, truncate=(self.kernel // 2) / sigma)  # the k x k kernel's radius
 
 
 @dataclass(frozen=True)
@@ -353,10 +357,7 @@ class Pixelate:
         return f"pixelate_{self.factor}"
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        rgb = image.convert("RGB")
-        width, height = rgb.size
-        small = (max(1, width // self.factor), max(1, height // self.factor))
-        return rgb.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+        return _down_up(image, lambda side: max(1, side // self.factor))
 
 
 @dataclass(frozen=True)

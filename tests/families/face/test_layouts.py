@@ -16,6 +16,7 @@ from PIL import Image
 
 import genguard.families.face.frames as frames_module
 from genguard.data.manifest import BadFile, DataValidationError
+from genguard.data.video import write_video
 from genguard.families.face.frames import VIDEO_TABLE_COLUMNS, FramePolicy, frames_manifest
 from genguard.families.face.layouts import detect_layout, read_videos
 
@@ -26,17 +27,7 @@ _seeds = itertools.count()
 
 
 def _encode(path: Path, pixels: list[np.ndarray]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.height, stream.width = pixels[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for image in pixels:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, pixels)
 
 
 def _video(path: Path) -> Path:
