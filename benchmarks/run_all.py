@@ -20,6 +20,9 @@ face_preprocess  face crops of an FF++-layout folder of real H.264 talking-face 
 face_step  one training step of Effort, SeLop, MASM vs the bare backbone's forward+backward (tiny 64-px ViT and
            random-init ViT-B/16 at 224 px); benchmarks/face.py.
 face_benchmark  wall time and peak RSS of `kedro run --pipelines=deepfake_benchmark` (target: <= 15 min on 2 cores).
+t2i_sampler  images/s of the text-to-image testbed sampler vs the bare UNet forward; benchmarks/t2i.py.
+t2i_set_cost  SET's probe per prompt vs one plain generation; benchmarks/t2i.py.
+t2i_stages  wall times of the T2I embedded default's stages (testbed training, TICoE/ESD/UCE, injection, SET).
 ingestion  checking a generated 20k-image ForenSynths folder: first pass on 1 and 2 processes, second pass
            from the file-check cache (targets: second >= 20x faster, 2 processes >= 1.6x faster); the
            standalone script is benchmarks/ingestion.py.
@@ -209,6 +212,13 @@ def _face(name: str) -> dict:
     return face.BENCHES[name]()
 
 
+def _t2i(name: str) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import t2i
+
+    return t2i.BENCHES[name]()
+
+
 def bench_face_benchmark() -> dict:
     return _kedro_run("deepfake_benchmark")
 
@@ -223,7 +233,8 @@ def bench_ingestion() -> dict:
 BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run, "dgs_step": bench_dgs_step,
            "shared": bench_shared, "benchmark": bench_benchmark, "ingestion": bench_ingestion,
            "face_preprocess": lambda: _face("preprocess"), "face_step": lambda: _face("step"),
-           "face_benchmark": bench_face_benchmark}
+           "face_benchmark": bench_face_benchmark, "t2i_sampler": lambda: _t2i("sampler"),
+           "t2i_set_cost": lambda: _t2i("set_cost"), "t2i_stages": lambda: _t2i("stages")}
 
 
 def main(names: list[str]) -> None:

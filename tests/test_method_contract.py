@@ -24,7 +24,8 @@ def _train_one_step_per_stage(model, rows, seed=0):
     for stage, overrides in model.training_stages():
         model.begin_stage(stage, rows)
         config = TrainConfig.from_dict({"batch_size": len(rows), "lr": 1e-2, "seed": seed,
-                                        **{k: v for k, v in overrides.items() if k != "epochs"}, "epochs": 1})
+                                        **{k: v for k, v in overrides.items() if k not in ("epochs", "steps")},
+                                        "epochs": 1})
         result = fit(model, rows, None, config, show_progress=False)
         assert all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history), (stage, result.history)
     return model

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from genguard.pipelines import aigi, face
+from genguard.pipelines import aigi, face, t2i
 
 #: Family pipeline packages, in the order ``kedro registry list`` and dvc.yaml show them.
-FAMILY_PIPELINES = (aigi, face)
+FAMILY_PIPELINES = (aigi, face, t2i)
 DEFAULT_PIPELINE = "pin_clip"
 
 

@@ -95,3 +95,17 @@ def test_gpu_profile_for_the_face_detectors_is_the_papers_protocol():
     assert gpu["selop"]["model"]["options"]["budget"] == [390000, 430000]
     assert gpu["effort"]["model"]["options"]["residual_rank"] == 1
     assert gpu["deepfake_benchmark"]["conditions"] == "deeperforensics_full"
+
+
+def test_gpu_profile_for_t2i_names_stable_diffusion_and_the_papers_settings():
+    from genguard.pipelines.t2i import nodes
+
+    base, gpu = _params("base"), _params("gpu")
+    assert gpu["t2i"]["model"]["pretrained"].startswith("data/01_raw/")
+    assert gpu["t2i"]["model"]["vae"] == base["t2i"]["model"]["vae"]  # soft merge keeps the rest
+    assert gpu["set"]["probe"]["query_lengths"] == [256] and gpu["set"]["probe"]["scales"] == [0.2, 0.3, 7.0, 10.0, 20.0]
+    ticoe = TrainConfig.from_dict(gpu["ticoe"]["methods"]["ticoe"]["train"])
+    assert (ticoe.steps, ticoe.batch_size, ticoe.lr, ticoe.backend) == (500, 1, 1e-5, "deepspeed")
+    assert gpu["ticoe"]["methods"]["ticoe"]["resample_every"] == 200
+    with pytest.raises(NotImplementedError, match="NudeNet"):  # no silent shapes judge on real images
+        nodes.prepare_evaluator(None, None, gpu["t2i"])

@@ -61,6 +61,9 @@ class NoiseSchedule:
     train_timesteps: int = 1000
     prediction_type: str = "epsilon"     # epsilon | v_prediction | sample
     beta_schedule: str = "squaredcos_cap_v2"
+    beta_start: float = 0.0001         # used by the linear schedules only
+    beta_end: float = 0.02
+    clip_sample: bool = True           # pixel models; latent models (their latents are not in [-1, 1]) turn it off
 
     def schedulers(self):
         """(DDPM for training, DDIM for sampling) over the same betas.
@@ -71,7 +74,8 @@ class NoiseSchedule:
         from diffusers import DDIMScheduler, DDPMScheduler
 
         common = {"num_train_timesteps": self.train_timesteps, "beta_schedule": self.beta_schedule,
-                  "clip_sample": True, "prediction_type": self.prediction_type}
+                  "beta_start": self.beta_start, "beta_end": self.beta_end, "clip_sample": self.clip_sample,
+                  "prediction_type": self.prediction_type}
         return (DDPMScheduler(**common),
                 DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing"))
 
