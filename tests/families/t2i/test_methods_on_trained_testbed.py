@@ -71,8 +71,8 @@ def test_set_detects_a_rickrolling_backdoor_and_not_the_clean_model(t2i_trained)
 
     probe = {"scales": [0.3, 10.0], "probe_steps": 2, "schedule_steps": 10, "guidance": 4.0, "query_lengths": [64],
              "batch_size": 64, "show_progress": False}
-    fit_texts = [p.text for p in protocol.cycle_prompts(fit_prompts, 32, seed=2)]
-    fit_seeds, clean_seeds = list(range(200, 232)), list(range(300, 316))
+    fit_texts = [p.text for p in protocol.cycle_prompts(fit_prompts, 64, seed=2)]
+    fit_seeds, clean_seeds = list(range(200, 264)), list(range(300, 316))
     kept = [p for p, f in zip(triggered, fired.tolist()) if f]
     kept_seeds = [s for s, f in zip(seeds, fired.tolist()) if f]
 
@@ -91,4 +91,5 @@ def test_set_detects_a_rickrolling_backdoor_and_not_the_clean_model(t2i_trained)
     assert attacked["auroc"] >= 0.8, attacked
     assert attacked["fpr"] <= 0.5, attacked
     assert abs(control["auroc"] - 0.5) <= 0.3, control  # the same triggers on the clean model: no signal
+    assert control["fpr"] <= 0.25, control  # and a clean model's held-out clean prompts are rarely flagged
     assert np.isfinite([attacked["acc"], attacked["f1"]]).all()
