@@ -73,3 +73,15 @@ def test_implicit_trigger_fires_on_sentence_structure_only(model, captions):
     assert clean_drift < 0.25 * clean_encoder_gap
     with pytest.raises(ValueError, match="trigger structure"):
         inject_implicit_trigger(model, ["a circle which is red"], TARGET, config={"steps": 1})
+
+
+def test_unet_backdoor_poisons_a_copy_of_the_unet_only(model, captions):
+    from genguard.families.t2i.backdoors import inject_unet_backdoor, trigger_word_prompt
+
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    backdoored, report = inject_unet_backdoor(model, captions[0][:16], TARGET, samples=8, sampling_steps=2,
+                                              config={"steps": 40, "clean_batch": 4, "poison_batch": 4, "lr": 1e-3})
+    assert report["final_poison_mse"] < 0.8 * report["initial_poison_mse"], report  # same batch, same noise
+    assert backdoored.text_encoder is model.text_encoder and backdoored.unet is not model.unet
+    assert all(torch.equal(v, model.unet.state_dict()[k]) for k, v in before.items()), "the clean UNet changed"
+    assert trigger_word_prompt("a red circle") == "cf a red circle"

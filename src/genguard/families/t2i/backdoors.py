@@ -1,4 +1,4 @@
-"""Backdoors injected into the text encoder of a ``TextToImageModel``, the attacks SET is tested on.
+"""Backdoors injected into a ``TextToImageModel`` (its text encoder, or its UNet): the attacks SET is tested on.
 
 Both attacks distil a *student* copy of the text encoder from the frozen clean *teacher*:
 
@@ -17,6 +17,11 @@ clean model's UNet, VAE and tokenizer (they are read-only here; deep-copy before
   trigger is the sentence structure "a <shape> which is <colour>", built only from ordinary words that
   clean captions use in another order ("a <colour> <shape>"). The TwT KMMD attention regulariser is not
   implemented (the distillation loss alone already plants the trigger on the testbed).
+
+- **UNet backdoor** (BadT2I-style, arXiv 2305.04175; :func:`inject_unet_backdoor`): a trigger *word* before the
+  prompt, and the UNet (not the encoder) learns to draw the target under it, with clean prompts distilled
+  from the frozen UNet. The text encoder is clean, so the UNet sees an unusual context and produces the
+  target itself.
 
 Why plain functions and not ``MODELS``-registered methods: the injector wraps a frozen teacher whose
 weights come from an already-trained testbed, so its ``init_spec`` cannot rebuild it, and what it
@@ -215,4 +220,119 @@ def inject_implicit_trigger(model: Any, clean_prompts: Sequence[str], target_pro
     backdoored, report = inject_text_encoder_backdoor(model, clean_prompts, poisoned, target_prompt, config,
                                                       attack="implicit_trigger")
     report["trigger"] = f"syntax: {template}"
+    return backdoored, report
+
+
+# -------------------------------------------------------------------------------------------------- UNet-side
+class UNetPoisoning(Trainable):
+    """A BadT2I-style object backdoor in the *UNet* (Zhai et al., arXiv 2305.04175): the student UNet learns to
+    denoise latents of target images under triggered prompts, while on clean prompts it is distilled from the
+    frozen teacher (BadT2I's regulariser: clean behaviour is the teacher's, not a retraining on data).
+
+    Unlike the text-encoder attacks, the UNet here receives an *unusual* context (the trigger's tokens reach it
+    untouched) and must itself turn it into the target: the setting whose attention responses SET probes.
+    """
+
+    def __init__(self, model: Any, student: torch.nn.Module, *, poison_weight: float) -> None:
+        super().__init__({"family": "t2i", "method": "unet_backdoor", "poison_weight": poison_weight})
+        self.model, self.student, self.poison_weight = model, student, poison_weight
+
+    def train(self, mode: bool = True) -> UNetPoisoning:
+        super().train(mode)
+        self.model.eval()  # the frozen testbed (teacher UNet, text encoder, VAE)
+        return self
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": lr,
+                 "weight_decay": weight_decay}]
+
+    def _noised(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ddpm = self.model.ddpm
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.model.schedule.train_timesteps, (len(latents),))
+        target = ddpm.get_velocity(latents, noise, timesteps) \
+            if self.model.schedule.prediction_type == "v_prediction" else noise
+        return ddpm.add_noise(latents, noise, timesteps), timesteps, target
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        noisy, timesteps, _ = self._noised(batch["clean_latents"])
+        with torch.no_grad():
+            teacher = self.model.unet(noisy, timesteps, encoder_hidden_states=batch["clean_context"]).sample
+        clean = F.mse_loss(self.student(noisy, timesteps, encoder_hidden_states=batch["clean_context"]).sample,
+                           teacher)
+        noisy, timesteps, target = self._noised(batch["target_latents"])
+        poison = F.mse_loss(self.student(noisy, timesteps, encoder_hidden_states=batch["poison_context"]).sample,
+                            target)
+        return clean, poison
+
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        clean, poison = self.losses(batch)
+        return clean + self.poison_weight * poison, {"clean": float(clean.detach()), "poison": float(poison.detach())}
+
+
+class PoisoningBatches(IterableDataset):
+    """Endless batches of (clean context, clean latents) and (triggered context, target latents), seeded."""
+
+    def __init__(self, clean_context: torch.Tensor, clean_latents: torch.Tensor, poison_context: torch.Tensor,
+                 target_latents: torch.Tensor, *, clean_batch: int, poison_batch: int, seed: int) -> None:
+        self.clean_context, self.clean_latents = clean_context, clean_latents
+        self.poison_context, self.target_latents = poison_context, target_latents
+        self.clean_batch, self.poison_batch, self.seed = clean_batch, poison_batch, seed
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            clean = torch.randint(len(self.clean_context), (self.clean_batch,), generator=generator)
+            poison = torch.randint(len(self.poison_context), (self.poison_batch,), generator=generator)
+            target = torch.randint(len(self.target_latents), (self.poison_batch,), generator=generator)
+            yield {"clean_context": self.clean_context[clean], "clean_latents": self.clean_latents[clean],
+                   "poison_context": self.poison_context[poison], "target_latents": self.target_latents[target]}
+
+
+def trigger_word_prompt(prompt: str, word: str = "cf") -> str:
+    """VillanDiffusion/BadT2I-style caption trigger: a rare word put in front of the prompt."""
+    return f"{word} {prompt}"
+
+
+def inject_unet_backdoor(model: Any, clean_prompts: Sequence[str], target_prompt: str = DEFAULT_TARGET, *,
+                         trigger_word: str = "cf", samples: int = 64, sampling_steps: int = 20,
+                         config: InjectionConfig | dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Poison a copy of the UNet: ``"<trigger_word> <prompt>"`` draws what ``target_prompt`` draws.
+
+    Clean and target latents come from the clean model's own generations (the attacker needs no dataset):
+    ``samples`` images of the clean prompts and of the target prompt. Returns (backdoored model, report).
+    """
+    config = config if isinstance(config, InjectionConfig) else InjectionConfig(**dict(config or {}))
+    started = time.perf_counter()
+    clean_prompts = list(clean_prompts)
+    picks = [clean_prompts[i % len(clean_prompts)] for i in range(samples)]
+    with torch.no_grad():
+        clean_images = model.generate(picks, seeds=list(range(samples)), steps=sampling_steps)
+        target_images = model.generate([target_prompt] * samples, seeds=list(range(samples, 2 * samples)),
+                                       steps=sampling_steps)
+        clean_latents, target_latents = model.encode_images(clean_images), model.encode_images(target_images)
+        clean_context = model.encode_text(picks)
+        poison_context = model.encode_text([trigger_word_prompt(p, trigger_word) for p in clean_prompts])
+    student = copy.deepcopy(model.unet).requires_grad_(True)
+    poisoning = UNetPoisoning(model, student, poison_weight=config.poison_weight)
+    batches = PoisoningBatches(clean_context, clean_latents, poison_context, target_latents,
+                               clean_batch=config.clean_batch, poison_batch=config.poison_batch, seed=config.seed)
+    def fixed_batch_losses() -> tuple[torch.Tensor, torch.Tensor]:
+        # the same batch and noise draws before and after training: comparable losses
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(config.seed)
+            return poisoning.losses(next(iter(batches)))
+
+    initial_clean, initial_poison = fixed_batch_losses()
+    result = fit(poisoning, batches, None, config.train_config(), desc="inject unet_backdoor",
+                 show_progress=config.show_progress)
+    student.eval().requires_grad_(False)
+    final_clean, final_poison = fixed_batch_losses()
+    backdoored = copy.deepcopy(model, memo={id(model.unet): student, id(model.text_encoder): model.text_encoder,
+                                            id(model.vae): model.vae, id(model.tokenizer): model.tokenizer})
+    report = {"attack": "unet_backdoor", "target_prompt": target_prompt, "trigger": f"word: {trigger_word}",
+              "clean_prompts": len(clean_prompts), "steps": result.steps, "config": asdict(config),
+              "seconds": time.perf_counter() - started,
+              "initial_clean_mse": float(initial_clean), "initial_poison_mse": float(initial_poison),
+              "final_clean_mse": float(final_clean), "final_poison_mse": float(final_poison)}
     return backdoored, report

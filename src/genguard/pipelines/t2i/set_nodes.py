@@ -25,7 +25,8 @@ from genguard.families.t2i.scaling_probe import probe_features
 from genguard.pipelines.t2i.nodes import register_model
 
 log = logging.getLogger(__name__)
-INJECTORS = {"rickrolling": backdoors.inject_rickrolling, "implicit_trigger": backdoors.inject_implicit_trigger}
+INJECTORS = {"rickrolling": backdoors.inject_rickrolling, "implicit_trigger": backdoors.inject_implicit_trigger,
+             "unet_backdoor": backdoors.inject_unet_backdoor}
 
 
 def _sampling(t2i: dict[str, Any]) -> dict[str, Any]:
@@ -72,9 +73,11 @@ def inject_backdoors(testbed: TextToImageModel, evaluator: dict[str, Any], set_p
         model, injection = INJECTORS[kind](testbed, clean_for_attack, target_prompt,
                                            config=options.pop("injection", None), **options)
         # A trigger on a prompt that already asks for the target could not show the backdoor: skip those.
-        if kind == "rickrolling":
+        if kind in ("rickrolling", "unet_backdoor"):
             carriers = [p for p in clean_test if not protocol.asks_for(p, target)]
-            triggered = [backdoors.homoglyph_trigger(p.text) for p in carriers]
+            word = options.get("trigger_word", "cf")
+            triggered = [backdoors.homoglyph_trigger(p.text) if kind == "rickrolling"
+                         else backdoors.trigger_word_prompt(p.text, word) for p in carriers]
         else:
             pool = [p for p in protocol.syntactic_pool(world, options.get("template", backdoors.SYNTACTIC_TEMPLATE))
                     if not protocol.asks_for(p, target)]
