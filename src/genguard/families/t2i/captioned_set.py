@@ -9,6 +9,7 @@ Layout: ``<out_dir>/<split>/<shape>/<style>/<index>_<colour>.png`` + ``manifest.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections.abc import Sequence
@@ -50,8 +51,6 @@ def _png_bytes(image: torch.Tensor) -> bytes:
 def build_captioned_set(out_dir: str | Path, world: ShapesWorld, counts: dict[str, int], seed: int
                         ) -> pd.DataFrame:
     """Render ``counts[split]`` captioned images per split (cached: an unchanged request reads the build)."""
-    import hashlib
-
     out_dir = Path(out_dir)
     key = fingerprint(BUILDER_VERSION, asdict(world), sorted(counts.items()), seed)
     cached = cached_build(out_dir, key, CAPTION_SCHEMA)

@@ -103,10 +103,6 @@ def inject_backdoors(testbed: TextToImageModel, evaluator: dict[str, Any], set_p
     return models, report
 
 
-def _features(model: TextToImageModel, prompts: list[str], seeds: list[int], probe: dict[str, Any]):
-    return probe_features(model, prompts, seeds, probe)
-
-
 def detect_backdoors(testbed: TextToImageModel, backdoored: dict[str, TextToImageModel], injection: dict[str, Any],
                      set_params: dict[str, Any]
                      ) -> tuple[pd.DataFrame, str, dict[str, float], dict[str, bytes], response_space.ResponseSpace]:
@@ -125,10 +121,10 @@ def detect_backdoors(testbed: TextToImageModel, backdoored: dict[str, TextToImag
     spaces: dict[str, response_space.ResponseSpace] = {}
 
     def detectors_on(model: TextToImageModel, label: str) -> tuple[response_space.ResponseSpace, Any, float, Any]:
-        fit = _features(model, fit_prompts, fit_seeds, probe)
+        fit = probe_features(model, fit_prompts, fit_seeds, probe)
         grid = {"scales": len(fit.scales), "steps": fit.probe_steps, "layers": len(fit.layers)}
         space, _ = response_space.fit_response_space(fit.features, {"model": grid, **detector_config})
-        clean = _features(model, test_prompts, test_seeds, probe)
+        clean = probe_features(model, test_prompts, test_seeds, probe)
         fit_ftt = response_space.ftt_distances(fit.attention_maps, fit.token_lengths)
         ftt_threshold = response_space.calibrate_ftt_threshold(fit_ftt)
         spaces[label] = space
@@ -148,14 +144,14 @@ def detect_backdoors(testbed: TextToImageModel, backdoored: dict[str, TextToImag
             rows.append({"attack": name, "detector": "set", "fired": 0})
             continue
         space, clean, ftt_threshold, _ = detectors_on(model, name)
-        backdoor = _features(model, triggered, seeds, probe)
+        backdoor = probe_features(model, triggered, seeds, probe)
         clean_scores = protocol.set_scores01(response_space.scores(space, clean.features), float(space.threshold))
         backdoor_scores = protocol.set_scores01(response_space.scores(space, backdoor.features), float(space.threshold))
         ftt_clean = protocol.ftt_scores01(response_space.ftt_distances(clean.attention_maps, clean.token_lengths),
                                           ftt_threshold)
         ftt_backdoor = protocol.ftt_scores01(
             response_space.ftt_distances(backdoor.attention_maps, backdoor.token_lengths), ftt_threshold)
-        control = _features(testbed, triggered, seeds, probe)
+        control = probe_features(testbed, triggered, seeds, probe)
         control_scores = protocol.set_scores01(response_space.scores(clean_space, control.features),
                                                float(clean_space.threshold))
         for detector, (negative, positive) in {"set": (clean_scores, backdoor_scores),
