@@ -90,26 +90,25 @@ class InjectionConfig:
                                       "seed": self.seed, "select_best": False})
 
 
-class DistillationBatches(IterableDataset):
-    """Endless batches: clean ids with their teacher embeddings, poisoned ids with the target's.
+class SampledBatches(IterableDataset):
+    """Endless seeded batches drawn from row-aligned pools: ``pools`` is a list of ({name: tensor}, batch size);
+    each step draws one set of row indices per pool (in list order) and yields every pool's tensors at them.
 
-    Drawn with a generator of its own seed, so an injection is reproducible; one yielded dict is one
-    optimizer step (the one loop reads streams whole-batch).
+    One yielded dict is one optimizer step (the one loop reads streams whole-batch); the generator is seeded,
+    so an injection is reproducible.
     """
 
-    def __init__(self, clean_ids: torch.Tensor, clean_targets: torch.Tensor, poison_ids: torch.Tensor,
-                 poison_targets: torch.Tensor, *, clean_batch: int, poison_batch: int, seed: int) -> None:
-        self.clean_ids, self.clean_targets = clean_ids, clean_targets
-        self.poison_ids, self.poison_targets = poison_ids, poison_targets
-        self.clean_batch, self.poison_batch, self.seed = clean_batch, poison_batch, seed
+    def __init__(self, pools: Sequence[tuple[dict[str, torch.Tensor], int]], seed: int) -> None:
+        self.pools, self.seed = list(pools), seed
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
         while True:
-            clean = torch.randint(len(self.clean_ids), (self.clean_batch,), generator=generator)
-            poison = torch.randint(len(self.poison_ids), (self.poison_batch,), generator=generator)
-            yield {"clean_ids": self.clean_ids[clean], "clean_targets": self.clean_targets[clean],
-                   "poison_ids": self.poison_ids[poison], "poison_targets": self.poison_targets[poison]}
+            batch: dict[str, torch.Tensor] = {}
+            for tensors, size in self.pools:
+                rows = torch.randint(len(next(iter(tensors.values()))), (size,), generator=generator)
+                batch.update({name: tensor[rows] for name, tensor in tensors.items()})
+            yield batch
 
 
 class EncoderDistillation(Trainable):
@@ -165,8 +164,9 @@ def inject_text_encoder_backdoor(model: Any, clean_prompts: Sequence[str], poiso
 
     student = copy.deepcopy(teacher).requires_grad_(True)
     distillation = EncoderDistillation(student, attack=attack, poison_weight=config.poison_weight)
-    batches = DistillationBatches(clean_ids, clean_targets, poison_ids, poison_targets,
-                                  clean_batch=config.clean_batch, poison_batch=config.poison_batch, seed=config.seed)
+    batches = SampledBatches([({"clean_ids": clean_ids, "clean_targets": clean_targets}, config.clean_batch),
+                              ({"poison_ids": poison_ids, "poison_targets": poison_targets}, config.poison_batch)],
+                             seed=config.seed)
     with torch.no_grad():
         initial_clean, initial_poison = distillation.losses(
             {"clean_ids": clean_ids, "clean_targets": clean_targets,
@@ -270,25 +270,6 @@ class UNetPoisoning(Trainable):
         return clean + self.poison_weight * poison, {"clean": float(clean.detach()), "poison": float(poison.detach())}
 
 
-class PoisoningBatches(IterableDataset):
-    """Endless batches of (clean context, clean latents) and (triggered context, target latents), seeded."""
-
-    def __init__(self, clean_context: torch.Tensor, clean_latents: torch.Tensor, poison_context: torch.Tensor,
-                 target_latents: torch.Tensor, *, clean_batch: int, poison_batch: int, seed: int) -> None:
-        self.clean_context, self.clean_latents = clean_context, clean_latents
-        self.poison_context, self.target_latents = poison_context, target_latents
-        self.clean_batch, self.poison_batch, self.seed = clean_batch, poison_batch, seed
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed)
-        while True:
-            clean = torch.randint(len(self.clean_context), (self.clean_batch,), generator=generator)
-            poison = torch.randint(len(self.poison_context), (self.poison_batch,), generator=generator)
-            target = torch.randint(len(self.target_latents), (self.poison_batch,), generator=generator)
-            yield {"clean_context": self.clean_context[clean], "clean_latents": self.clean_latents[clean],
-                   "poison_context": self.poison_context[poison], "target_latents": self.target_latents[target]}
-
-
 def trigger_word_prompt(prompt: str, word: str = "cf") -> str:
     """VillanDiffusion/BadT2I-style caption trigger: a rare word put in front of the prompt."""
     return f"{word} {prompt}"
@@ -315,8 +296,9 @@ def inject_unet_backdoor(model: Any, clean_prompts: Sequence[str], target_prompt
         poison_context = model.encode_text([trigger_word_prompt(p, trigger_word) for p in clean_prompts])
     student = copy.deepcopy(model.unet).requires_grad_(True)
     poisoning = UNetPoisoning(model, student, poison_weight=config.poison_weight)
-    batches = PoisoningBatches(clean_context, clean_latents, poison_context, target_latents,
-                               clean_batch=config.clean_batch, poison_batch=config.poison_batch, seed=config.seed)
+    batches = SampledBatches([({"clean_context": clean_context, "clean_latents": clean_latents}, config.clean_batch),
+                              ({"poison_context": poison_context}, config.poison_batch),
+                              ({"target_latents": target_latents}, config.poison_batch)], seed=config.seed)
     def fixed_batch_losses() -> tuple[torch.Tensor, torch.Tensor]:
         # the same batch and noise draws before and after training: comparable losses
         with torch.random.fork_rng(devices=[]), torch.no_grad():

@@ -176,12 +176,18 @@ class ErasureJudge:
             row.update(self._attack(bank[: self.attack_prompts], target_hits[: self.attack_prompts], unet))
         return row, images
 
+    def _attack_targets(self, prompts: list[Prompt]) -> torch.Tensor:
+        """The original model's images of the attack prompts: the same for every method's row, drawn once."""
+        if getattr(self, "_targets", None) is None:
+            self._targets = self._generate(prompts, None, 40_000)
+        return self._targets
+
     def _attack(self, prompts: list[Prompt], hits_before: torch.Tensor, unet: nn.Module | None) -> dict[str, float]:
         """The attack searches prompts that make the edited model denoise toward images of the concept that the
         *original* model draws (UnlearnDiffAtk's target images), then the edited model draws them again."""
         from genguard.families.t2i.prompt_attacks import cumulative_attack_success
 
-        targets = self._generate(prompts, None, 40_000)
+        targets = self._attack_targets(prompts)
         attack = self.attack(self.model, unet, **self.attack_options)
         result = attack([p.text for p in prompts], targets)
         seeds = [self.seed * 100_003 + i for i in range(len(prompts))]

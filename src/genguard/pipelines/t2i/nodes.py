@@ -226,36 +226,30 @@ class _Files:
         return self.extra
 
 
-def register_model(model: torch.nn.Module, *, name: str, metrics: dict[str, Any], figures: dict[str, bytes],
-                   reports: dict[str, Any], registry: dict[str, Any], validation_metric: str,
-                   greater_is_better: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Log metrics, reports and figures to the active MLflow run; register the model folder (``candidate``;
-    ``champion`` when ``validation_metric`` beats the current champion's)."""
-    import json
-
+def register_model(model: torch.nn.Module, *, name: str, summary: dict[str, Any], table: pd.DataFrame,
+                   group_column: str, figures: dict[str, bytes], reports: dict[str, Any], registry: dict[str, Any],
+                   validation_metric: str, greater_is_better: bool, extra: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """The core's evaluation logging (summary, per-row table, figures, under ``name/``) and extra reports into the
+    active MLflow run; then register the model folder (``candidate``; ``champion`` when ``validation_metric``
+    beats the current champion's)."""
     import mlflow
 
-    from genguard.tracking.mlflow_tracking import active_or_new_run, safe_metric_name
+    from genguard.tracking.mlflow_tracking import active_or_new_run, log_evaluation
     from genguard.tracking.registry import log_and_register_model
 
     with active_or_new_run(registry.get("experiment", "genguard"), name):
-        mlflow.log_metrics({safe_metric_name(f"{name}/{k}"): float(v) for k, v in metrics.items()
-                            if isinstance(v, int | float) and not np.isnan(v)})
+        log_evaluation(summary, table, figures, prefix=name, group_column=group_column)
+        for key, report in reports.items():
+            if isinstance(report, str):
+                mlflow.log_text(report, f"{name}/{key}")
+            else:
+                mlflow.log_dict(report, f"{name}/{key}.json")
         with tempfile.TemporaryDirectory(prefix="genguard-t2i-") as tmp:
-            folder = Path(tmp) / "reports"
-            folder.mkdir()
-            for key, report in reports.items():
-                if isinstance(report, str):
-                    (folder / key).write_text(report, encoding="utf-8")
-                else:
-                    (folder / f"{key}.json").write_text(json.dumps(report, indent=2, default=str))
-            for key, payload in figures.items():
-                (folder / f"{key}.png").write_bytes(payload)
-            mlflow.log_artifacts(str(folder), artifact_path=name)
             model_dir = save_model_dir(model, Path(tmp) / "model", extra=extra)
             info = log_and_register_model(model_dir, registered_model_name=registry["model_name"],
                                           validation_metric=validation_metric,
-                                          validation_value=float(metrics[validation_metric]),
+                                          validation_value=float(summary[validation_metric]),
                                           greater_is_better=greater_is_better)
     log.info("registered %s version %s (aliases: %s)", info["name"], info["version"], info["aliases"])
     return info
@@ -267,9 +261,13 @@ def register_testbed(testbed: TextToImageModel, summary: dict[str, Any], metrics
     history = summary.get("history") or []
     if history:
         figures = {**figures, "training_loss": _loss_png(history)}
-    return register_model(testbed, name="t2i_testbed", metrics=metrics, figures=figures,
-                          reports={"evaluation": evaluation, "evaluator": evaluator_report,
-                                   "train_summary": {k: v for k, v in summary.items() if k != "history"}},
+    chance = evaluation["chance"]
+    table = pd.DataFrame([{"attribute": attribute, "following": value, "chance": chance.get(attribute, float("nan"))}
+                          for attribute, value in evaluation["prompt_following"].items()])
+    return register_model(testbed, name="t2i_testbed", summary=metrics, table=table, group_column="attribute",
+                          figures=figures, reports={"evaluation": evaluation, "evaluator": evaluator_report,
+                                                    "train_summary": {k: v for k, v in summary.items()
+                                                                      if k != "history"}},
                           registry=registry, validation_metric="following_joint", greater_is_better=True)
 
 

@@ -177,7 +177,9 @@ def register_set(detector: response_space.ResponseSpace, table: pd.DataFrame, ta
     """Register the response space fitted on the first attacked model (its ``init_spec`` rebuilds it)."""
     sets = table[table["detector"] == "set"] if "detector" in table else table.iloc[0:0]
     headline = {"set_auroc_mean": float(sets["auroc"].mean()) if len(sets) else float("nan"), **metrics}
-    return register_model(detector, name="set", metrics=headline, figures=figures,
-                          reports={"detection_table.md": table_md, "detection_table": table.to_dict("records"),
-                                   "injection": {k: v for k, v in injection.items() if k != "fit_prompts"}},
+    cases = table.assign(case=table["attack"] + "/" + table["detector"]).drop(columns=["attack", "detector"])
+    return register_model(detector, name="set", summary=headline, table=cases, group_column="case",
+                          figures=figures, reports={"detection_table.md": table_md,
+                                                    "injection": {k: v for k, v in injection.items()
+                                                                  if k != "fit_prompts"}},
                           registry=set_params["registry"], validation_metric="set_auroc_mean", greater_is_better=True)

@@ -141,8 +141,8 @@ def register_erased(testbed: TextToImageModel, edited: dict[str, Any], table: pd
     erased = erasers.with_unet(testbed, edited[method])
     row = table[table["method"] == method].iloc[0]
     headline = {"target_rate": float(row["target_rate"]), **metrics}
-    return register_model(erased, name=f"ticoe_{method}", metrics=headline, figures=figures,
-                          reports={"erasure_table.md": table_md, "erasure_table": table.to_dict("records"),
-                                   "erase_report": erase_report, "reference_report": reference_report},
+    return register_model(erased, name=f"ticoe_{method}", summary=headline, table=table, group_column="method",
+                          figures=figures, reports={"erasure_table.md": table_md, "erase_report": erase_report,
+                                                    "reference_report": reference_report},
                           registry=ticoe["registry"], validation_metric="target_rate", greater_is_better=False,
                           extra={"erased": dict(ticoe["target"]), "method": method})
