@@ -23,6 +23,12 @@ face_benchmark  wall time and peak RSS of `kedro run --pipelines=deepfake_benchm
 t2i_sampler  images/s of the text-to-image testbed sampler vs the bare UNet forward; benchmarks/t2i.py.
 t2i_set_cost  SET's probe per prompt vs one plain generation; benchmarks/t2i.py.
 t2i_stages  wall times of the T2I embedded default's stages (testbed training, TICoE/ESD/UCE, injection, SET).
+video_attack_cost  every TLGA attack at the first budget: FLOPs, forward equivalents, steps, ms per clip;
+           MoE vs dense inference cost; benchmarks/video.py.
+video_train_epoch  seconds per epoch of standard training vs PGD-AT vs J-TLAT (embedded config);
+           benchmarks/video.py.
+video_grid  wall time and peak RSS of a fresh `kedro run --pipelines=tlga`, every cache in a temporary folder
+           (target: <= 15 min on 2 cores); benchmarks/video.py.
 ingestion  checking a generated 20k-image ForenSynths folder: first pass on 1 and 2 processes, second pass
            from the file-check cache (targets: second >= 20x faster, 2 processes >= 1.6x faster); the
            standalone script is benchmarks/ingestion.py.
@@ -112,12 +118,13 @@ def bench_inference(batch: int = 256, repeats: int = 5) -> dict:
             "detector_images_per_s": batch / detector_s, "detector_over_backbone_time": detector_s / backbone_s}
 
 
-def _kedro_run(pipeline: str) -> dict:
-    """Wall time and peak RSS of a real `kedro run --pipelines=<pipeline>` (dataset already built)."""
+def _kedro_run(pipeline: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Wall time and peak RSS of a real `kedro run --pipelines=<pipeline> [args]` (dataset already built);
+    ``env`` adds to this process's environment."""
     kedro = Path(sys.executable).parent / "kedro"
     started = time.perf_counter()
-    subprocess.run([str(kedro), "run", f"--pipelines={pipeline}"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([str(kedro), "run", f"--pipelines={pipeline}", *args], cwd=ROOT, check=True,
+                   env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over children so far
     return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024}
@@ -219,6 +226,13 @@ def _t2i(name: str) -> dict:
     return t2i.BENCHES[name]()
 
 
+def _video(name: str) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import video
+
+    return video.bench_grid(_kedro_run) if name == "grid" else video.BENCHES[name]()
+
+
 def bench_face_benchmark() -> dict:
     return _kedro_run("deepfake_benchmark")
 
@@ -234,7 +248,9 @@ BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run,
            "shared": bench_shared, "benchmark": bench_benchmark, "ingestion": bench_ingestion,
            "face_preprocess": lambda: _face("preprocess"), "face_step": lambda: _face("step"),
            "face_benchmark": bench_face_benchmark, "t2i_sampler": lambda: _t2i("sampler"),
-           "t2i_set_cost": lambda: _t2i("set_cost"), "t2i_stages": lambda: _t2i("stages")}
+           "t2i_set_cost": lambda: _t2i("set_cost"), "t2i_stages": lambda: _t2i("stages"),
+           "video_attack_cost": lambda: _video("attack_cost"),
+           "video_train_epoch": lambda: _video("train_epoch"), "video_grid": lambda: _video("grid")}
 
 
 def main(names: list[str]) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from genguard.pipelines import aigi, face, t2i
+from genguard.pipelines import aigi, face, t2i, video
 
 #: Family pipeline packages, in the order ``kedro registry list`` and dvc.yaml show them.
-FAMILY_PIPELINES = (aigi, face, t2i)
+FAMILY_PIPELINES = (aigi, face, t2i, video)
 DEFAULT_PIPELINE = "pin_clip"
 
 

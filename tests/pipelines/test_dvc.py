@@ -126,7 +126,7 @@ def test_dvc_yaml_is_what_the_pipeline_registry_generates(monkeypatch, tmp_path)
     assert dvc_stages.main(["--check"]) == 0
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {*AIGI, "aigi_data", "aigi_benchmark", *FACE, "face_dataset", "deepfake_benchmark",
-            "t2i_testbed", "ticoe", "set"} == set(stages)
+            "t2i_testbed", "ticoe", "set", "tlga"} == set(stages)
     # a hand-edited dvc.yaml (a stage dropped) is caught
     stale = tmp_path / "dvc.yaml"
     document = yaml.safe_load((ROOT / "dvc.yaml").read_text())

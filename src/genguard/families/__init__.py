@@ -7,4 +7,4 @@ list its pipelines, benchmark and DVC stages follow) and ``examples`` (``tiny_sp
 """
 
 #: The family packages under ``genguard.families`` (imported by name, as plugins).
-FAMILIES: tuple[str, ...] = ("aigi", "face", "t2i")
+FAMILIES: tuple[str, ...] = ("aigi", "face", "t2i", "video")
