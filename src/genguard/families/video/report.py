@@ -82,7 +82,7 @@ def metrics(grid: pd.DataFrame, cost: dict[str, Any], registered: str) -> dict[s
 
 def robust_accuracy_png(grid: pd.DataFrame, conditions: Sequence[str], systems: Sequence[str]) -> bytes:
     table = _pivot(grid, "acc", conditions, systems)
-    figure = new_figure(max(6.0, 0.9 * len(conditions) * len(systems) / 2), 3.6)
+    figure = new_figure(min(16.0, max(6.0, 0.22 * len(conditions) * len(systems))), 4.5)
     axes = figure.subplots()
     width = 0.8 / len(systems)
     positions = np.arange(len(conditions))
@@ -96,12 +96,16 @@ def robust_accuracy_png(grid: pd.DataFrame, conditions: Sequence[str], systems: 
     return figure_png(figure)
 
 
-def expert_usage_png(usage: pd.DataFrame, systems: Sequence[str]) -> bytes:
-    figure = new_figure(3.2 * len(systems), 3.2)
+def expert_usage_png(usage: pd.DataFrame, systems: Sequence[str], conditions: Sequence[str]) -> bytes:
+    """Share of clips per expert, clean and under each attack (rows in grid order; colour scale from 0 to the
+    largest share, so a load shift of a few points shows)."""
+    figure = new_figure(3.2 * len(systems), max(3.2, 0.22 * len(conditions)))
+    top = 100 * max(0.5, float(usage["share"].max()))
     for index, system in enumerate(systems):
         axes = figure.add_subplot(1, len(systems), index + 1)
         shares = usage[usage["system"] == system].pivot(index="condition", columns="expert", values="share")
-        image = axes.imshow(100 * shares.to_numpy(), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        shares = shares.reindex(list(conditions))
+        image = axes.imshow(100 * shares.to_numpy(), vmin=0, vmax=top, cmap="viridis", aspect="auto")
         axes.set_yticks(range(len(shares.index)), list(shares.index), fontsize="x-small")
         axes.set_xticks(range(len(shares.columns)), [str(c) for c in shares.columns])
         axes.set_xlabel("expert")

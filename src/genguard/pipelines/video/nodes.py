@@ -194,7 +194,7 @@ def evaluate_grid(models: dict[str, VideoMoE], clips: ClipTensors, training: dic
     markdown = video_report.markdown(grid, loads, cost, conditions, list(models))
     metrics = video_report.metrics(grid, cost, registered)
     plots = {"robust_accuracy": video_report.robust_accuracy_png(grid, conditions, list(models)),
-             "expert_usage": video_report.expert_usage_png(usage, list(models)),
+             "expert_usage": video_report.expert_usage_png(usage, list(models), conditions),
              "training_curves": video_report.training_curves_png(training)}
     log.info("tlga grid:\n%s", markdown)
     return grid, board, markdown, metrics, plots, cost
