@@ -105,8 +105,9 @@ def test_cost_and_training_reports(tlga_run):
     cost = json.loads((project / "data/08_reporting/tlga/cost.json").read_text())
     assert cost["inference"]["flop_saving"] > 0.6  # router + 1 of 4 experts vs all 4
     assert cost["attacks"]["pgd_router"]["gflops_per_clip"] < cost["attacks"]["pgd"]["gflops_per_clip"]
-    training = cost["training"]
-    assert training["j_tlat"]["seconds_per_epoch"] > training["standard"]["seconds_per_epoch"]
+    # Every trained regime reports its training (times are benchmarks' business, not a test's).
+    assert set(cost["training"]) == {"warmup", "standard", "j_tlat"}
+    assert all(record["epochs"] >= 1 and not record["cached"] for record in cost["training"].values())
 
 
 def test_a_rerun_trains_nothing_and_a_corrupt_clip_is_named_before_training(tlga_run, tmp_path, monkeypatch):

@@ -78,6 +78,17 @@ def load_model_dir(model_dir: str | Path) -> ModelFiles:
     return ModelFiles(model, config)
 
 
+def load_cached_model(model_dir: str | Path, cache_key: str) -> ModelFiles | None:
+    """The model folder at ``model_dir`` if it was saved for ``cache_key`` (``extra["cache_key"]``), else None
+    (absent, unreadable, or made for other config/data). The key is read before any weight is loaded."""
+    try:
+        if (read_model_config(model_dir).get("extra") or {}).get("cache_key") != cache_key:
+            return None
+        return load_model_dir(model_dir)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Any = "state") -> None:
     """Load stored weights; only the frozen *pretrained* towers' weights may be absent (rebuilt from spec)."""
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -70,29 +70,36 @@ def lipschitz_ratio(out_adv: torch.Tensor, out_clean: torch.Tensor, x_adv: torch
 
 @dataclass(frozen=True)
 class CleanView:
-    """What an objective needs from the clean clips, computed once and detached."""
+    """What objectives need from the clean clips, detached: the router's decision (always, from the router
+    alone), and F(x) / E_r(x) only when an objective asks for them (a Lipschitz term), each computed once.
+    Build one per batch with :meth:`of` and hand it to several attacks (J-TLAT does) to share it."""
 
     clips: torch.Tensor
-    logits: torch.Tensor       # F(x)
     probs: torch.Tensor        # pi(x)
     top: torch.Tensor          # r_top: the clean routing choice
     low: torch.Tensor          # r_low: the clean least-confident expert
-    _expert_logits: dict = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def logits(self, model: Any) -> torch.Tensor:
+        """F(x) of the clean clips."""
+        if "moe" not in self._cache:
+            with torch.no_grad():
+                self._cache["moe"] = model(self.clips)
+        return self._cache["moe"]
 
     def expert_logits(self, model: Any, experts: torch.Tensor) -> torch.Tensor:
-        """E_r(x) of the clean clips for the experts ``experts`` (computed once per attack call)."""
-        key = tuple(experts.tolist())
-        if key not in self._expert_logits:
+        """E_r(x) of the clean clips for the experts ``experts``."""
+        key = ("experts", tuple(experts.tolist()))
+        if key not in self._cache:
             with torch.no_grad():
-                self._expert_logits[key] = model.experts_on(self.clips, experts)
-        return self._expert_logits[key]
+                self._cache[key] = model.experts_on(self.clips, experts)
+        return self._cache[key]
 
     @classmethod
     def of(cls, model: Any, clips: torch.Tensor) -> CleanView:
         with torch.no_grad():
-            logits, routing = model(clips, return_routing=True)
-            probs = routing.probs
-        return cls(clips=clips, logits=logits, probs=probs, top=probs.argmax(dim=1), low=probs.argmin(dim=1))
+            probs = model.route(clips)
+        return cls(clips=clips.detach(), probs=probs, top=probs.argmax(dim=1), low=probs.argmin(dim=1))
 
 
 class Attack:
@@ -135,9 +142,10 @@ class Attack:
         return grad / grad.abs().amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(_TINY)
 
     def __call__(self, model: Any, clips: torch.Tensor, labels: torch.Tensor,
-                 experts: torch.Tensor | None = None) -> torch.Tensor:
+                 experts: torch.Tensor | None = None, clean: CleanView | None = None) -> torch.Tensor:
         """Adversarial clips in the eps-ball around ``clips`` and in [0, 1]; ``experts`` (B,) overrides the
-        expert an ``expert`` attack targets (default: the clean routing choice)."""
+        expert an ``expert`` attack targets (default: the clean routing choice); ``clean`` is a view of these
+        clips already made (by :meth:`CleanView.of` in eval mode), shared with other attacks on them."""
         self.mean_steps = []
         clips = clips.detach()
         if self.eps == 0 or self.steps == 0:
@@ -146,13 +154,12 @@ class Attack:
         model.eval()
         try:
             with torch.enable_grad():
-                return self._run(model, clips, labels, experts)
+                return self._run(model, clips, labels, experts, clean or CleanView.of(model, clips))
         finally:
             model.train(was_training)
 
-    def _run(self, model: Any, clips: torch.Tensor, labels: torch.Tensor,
-             experts: torch.Tensor | None) -> torch.Tensor:
-        clean = CleanView.of(model, clips)
+    def _run(self, model: Any, clips: torch.Tensor, labels: torch.Tensor, experts: torch.Tensor | None,
+             clean: CleanView) -> torch.Tensor:
         adv = clips
         if self.random_start:
             generator = None if self.seed is None else torch.Generator(device=clips.device).manual_seed(self.seed)
@@ -197,7 +204,7 @@ class PGD(Attack):
         logits = model(adv)
         loss = F.cross_entropy(logits, labels, reduction="none")
         if self.lip_weight:
-            loss = loss + self.lip_weight * lipschitz_ratio(logits, clean.logits, adv, clean.clips)
+            loss = loss + self.lip_weight * lipschitz_ratio(logits, clean.logits(model), adv, clean.clips)
         return loss
 
 
@@ -249,7 +256,7 @@ class JointAttack(Attack):
         logits, routing = model(adv, return_routing=True)
         loss = F.cross_entropy(logits, labels, reduction="none")
         if self.lip_weight:
-            loss = loss + self.lip_weight * lipschitz_ratio(logits, clean.logits, adv, clean.clips)
+            loss = loss + self.lip_weight * lipschitz_ratio(logits, clean.logits(model), adv, clean.clips)
         router = _router_objective(routing.logits, adv, clean, self.router_lip_weight, self.gamma1)
         return loss + self.gamma2 * router
 

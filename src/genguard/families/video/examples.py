@@ -1,5 +1,6 @@
 """A tiny, runnable example of the video family's trainable (the method contract test runs it): a video MoE
-of 4 tiny 3-D CNN experts that builds in milliseconds, and random clips of the right shape."""
+of 2 tiny 3-D CNN experts under J-TLAT (one-step attacks) that builds in milliseconds, and random clips of
+the right shape."""
 
 from __future__ import annotations
 

@@ -28,12 +28,14 @@ clips whose routing choice the training attack changed) is logged every step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from genguard.families.video.attacks import build_attack, lipschitz_ratio
+from genguard.families.video.attacks import CleanView, build_attack, lipschitz_ratio
 from genguard.registry import Registry
 
 REGIMES: Registry[Any] = Registry("training regime")
@@ -50,20 +52,20 @@ def build_regime(spec: dict[str, Any]) -> Any:
         raise ValueError(f"bad options for training regime {kind!r}: {options} ({error})") from None
 
 
-def clean_reference(model: Any, clips: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """F(x) and the routing of the clean clips as fixed targets: no gradient, and in eval mode, as the attacks
-    see the model (a BatchNorm backbone's running statistics are not updated by a reference pass)."""
+@contextmanager
+def reference_mode(model: Any) -> Iterator[None]:
+    """Eval mode for passes that only make fixed targets (the clean view and its logits), as the attacks see
+    the model: a BatchNorm backbone's running statistics are not updated by them."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            return model(clips, return_routing=True)
+        yield
     finally:
         model.train(was_training)
 
 
-def _switch_rate(model: Any, clips: torch.Tensor, adv_top: torch.Tensor) -> float:
-    return float((clean_reference(model, clips)[1].top != adv_top).float().mean())
+def _switch_rate(clean: CleanView, adv_top: torch.Tensor) -> float:
+    return float((clean.top != adv_top).float().mean())
 
 
 @REGIMES.register("standard")
@@ -84,11 +86,13 @@ class PGDAdversarialTraining:
         self.attack = build_attack({"kind": "pgd", **TRAIN_ATTACK, **(attack or {})})
 
     def loss(self, model: Any, clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        adv = self.attack(model, clips, labels)
+        with reference_mode(model):
+            clean = CleanView.of(model, clips)  # the router alone; the attack reuses it
+        adv = self.attack(model, clips, labels, clean=clean)
         logits, routing = model(adv, return_routing=True)
         task, aux = F.cross_entropy(logits, labels), model.aux_loss(routing, labels)
         return task + aux, {"ce_adv": float(task.detach()), "router_aux": float(aux.detach()),
-                            "switch_rate": _switch_rate(model, clips, routing.top)}
+                            "switch_rate": _switch_rate(clean, routing.top)}
 
 
 @REGIMES.register("j_tlat")
@@ -110,43 +114,44 @@ class JTLAT:
         self.lip_router, self.lip_logits = float(lip_router), float(lip_logits)
         self.train_top_k, self.per_expert_attack = int(train_top_k), bool(per_expert_attack)
 
-    def loss(self, model: Any, clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        clean_logits, clean_routing = clean_reference(model, clips)
-        clean_probs = clean_routing.probs
+    def steps(self, model: Any, clips: torch.Tensor, labels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        """The three step losses (router, experts, whole MoE) of one batch, and what to log."""
+        with reference_mode(model):  # one clean view (router, F(x), E_r(x)) for all three attacks and losses
+            clean = CleanView.of(model, clips)
+            clean_logits = clean.logits(model)
 
         # Step 1: the router, on clips that steer it towards the weakest expert.
-        x_router = self.router_attack(model, clips, labels)
+        x_router = self.router_attack(model, clips, labels, clean=clean)
         router_logits = model.router_logits(x_router)
-        router_routing = model.routing(router_logits)
-        step1 = (F.cross_entropy(router_logits, clean_probs.argmax(dim=1))
-                 + self.lip_router * lipschitz_ratio(router_logits.softmax(dim=1), clean_probs, x_router,
+        step1 = (F.cross_entropy(router_logits, clean.top)
+                 + self.lip_router * lipschitz_ratio(router_logits.softmax(dim=1), clean.probs, x_router,
                                                      clips).mean()
-                 + model.aux_loss(router_routing, labels))
+                 + model.aux_loss(model.routing(router_logits), labels))
 
         # Step 2: the experts the attacked router would pick (top-k of pi(x_R)), weighted by its trust.
-        with torch.no_grad():
-            attacked_probs = router_logits.detach().softmax(dim=1)
-            picked = attacked_probs.topk(min(self.train_top_k, model.n_experts), dim=1)
+        picked = router_logits.detach().softmax(dim=1).topk(min(self.train_top_k, model.n_experts), dim=1)
         step2 = clips.new_zeros(())
         for slot in range(picked.indices.shape[1]):
             experts = picked.indices[:, slot]
-            x_expert = self.expert_attack(model, clips, labels, experts=experts) if self.per_expert_attack \
-                else x_router
+            x_expert = (self.expert_attack(model, clips, labels, experts=experts, clean=clean)
+                        if self.per_expert_attack else x_router)
             logits = model.experts_on(x_expert, experts)
-            with torch.no_grad():  # a reference pass, like clean_reference
-                was_training = model.training
-                clean_expert = model.eval().experts_on(clips, experts)
-                model.train(was_training)
+            with reference_mode(model):
+                clean_expert = clean.expert_logits(model, experts)
             per_clip = (F.cross_entropy(logits, labels, reduction="none")
                         + self.lip_logits * lipschitz_ratio(logits, clean_expert, x_expert, clips))
             step2 = step2 + (picked.values[:, slot] * per_clip).mean()
 
         # Step 3: the whole MoE under the joint attack.
-        x_joint = self.joint_attack(model, clips, labels)
+        x_joint = self.joint_attack(model, clips, labels, clean=clean)
         logits, routing = model(x_joint, return_routing=True)
         step3 = (F.cross_entropy(logits, labels)
                  + self.lip_logits * lipschitz_ratio(logits, clean_logits, x_joint, clips).mean()
                  + model.aux_loss(routing, labels))
-        return step1 + step2 + step3, {
-            "router_step": float(step1.detach()), "expert_step": float(step2.detach()), "moe_step": float(step3.detach()),
-            "switch_rate": float((routing.top != clean_probs.argmax(dim=1)).float().mean())}
+        return step1, step2, step3, {"switch_rate": _switch_rate(clean, routing.top)}
+
+    def loss(self, model: Any, clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        step1, step2, step3, logs = self.steps(model, clips, labels)
+        return step1 + step2 + step3, {"router_step": float(step1.detach()), "expert_step": float(step2.detach()),
+                                       "moe_step": float(step3.detach()), **logs}

@@ -27,7 +27,7 @@ from genguard.families.t2i import evaluator as judge
 from genguard.families.t2i.captioned_set import CAPTION_SCHEMA, world_from_params
 from genguard.families.t2i.testbed import METHOD as TESTBED_METHOD
 from genguard.families.t2i.tokenizer import clip_tokenizer
-from genguard.io.model_files import load_model_dir, save_model_dir
+from genguard.io.model_files import load_cached_model, save_model_dir
 from genguard.training import TrainConfig, fingerprint, fit
 from genguard.training.stages import run_stages
 
@@ -73,14 +73,9 @@ def _rows(manifest: pd.DataFrame, split: str, limit: int | None = None) -> pd.Da
 # ------------------------------------------------------------------------------------------ cached models
 def _cached(cache_dir: str | None, key: str, build: Any) -> tuple[Any, bool]:
     """(model, was cached): a model folder made for ``key`` is loaded; else ``build()`` and store it."""
-    if cache_dir:
-        folder = Path(cache_dir)
-        try:
-            files = load_model_dir(folder)
-            if files.extra.get("cache_key") == key:
-                return files.model, True
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
+    cached = load_cached_model(cache_dir, key) if cache_dir else None
+    if cached is not None:
+        return cached.model, True
     model = build()
     if cache_dir:
         save_model_dir(model, cache_dir, extra={"cache_key": key})

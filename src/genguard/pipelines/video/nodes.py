@@ -35,7 +35,7 @@ from genguard.families.video.robustness import (
     expert_load_stats,
     inference_cost,
 )
-from genguard.io.model_files import load_model_dir, save_model_dir
+from genguard.io.model_files import load_cached_model, save_model_dir
 from genguard.training import TrainConfig, fingerprint, fit
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ def decode_clips(manifest: pd.DataFrame, tlga: dict[str, Any]) -> ClipTensors:
 
 
 # ------------------------------------------------------------------------------------------ training
-def _cached_model(folder: Path, key: str) -> tuple[VideoMoE, dict[str, Any]] | None:
-    try:
-        files = load_model_dir(folder)
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
-    return (files.model, dict(files.extra.get("training") or {})) if files.extra.get("cache_key") == key else None
-
-
 def _fit(model: VideoMoE, clips: ClipTensors, config: TrainConfig, key: str, name: str,
          tlga: dict[str, Any]) -> dict[str, Any]:
     from genguard.tracking.callbacks import MlflowEpochLogger
@@ -103,10 +95,10 @@ def _fit(model: VideoMoE, clips: ClipTensors, config: TrainConfig, key: str, nam
 def _trained(name: str, key: str, build: Any, config: TrainConfig, clips: ClipTensors, tlga: dict[str, Any],
              report: dict[str, Any]) -> VideoMoE:
     folder = Path(tlga["model_dir"]) / name
-    cached = _cached_model(folder, key)
+    cached = load_cached_model(folder, key)
     if cached is not None:  # the report of the run that trained it, so cost tables stay complete
-        report[name] = {**cached[1], "cached": True, "cache_key": key}
-        return cached[0].eval()
+        report[name] = {**dict(cached.extra.get("training") or {}), "cached": True, "cache_key": key}
+        return cached.model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the initial weights must not depend on what ran before in the process
         model = build()
@@ -181,9 +173,9 @@ def evaluate_grid(models: dict[str, VideoMoE], clips: ClipTensors, training: dic
 
     registered = str(block.get("register", "j_tlat"))
     reference = models.get(registered) or next(iter(models.values()))
-    sample = test.clips[: int(block.get("cost_batch", 32))].float()
-    sample = sample / 255 if test.clips.dtype == torch.uint8 else sample
-    sample_labels = test.labels[: sample.shape[0]]
+    count = min(int(block.get("cost_batch", 32)), len(test))
+    sample = torch.stack([test[i]["clips"] for i in range(count)])  # ClipSet's own uint8 -> [0, 1] conversion
+    sample_labels = test.labels[:count]
     cost = {"inference": inference_cost(reference, tuple(sample.shape[1:]), batch_size=sample.shape[0]),
             "attacks": {name: attack_cost(reference, attack, sample, sample_labels)
                         for name, attack in attacks.items()},
