@@ -84,8 +84,12 @@ def load_predictor(model_dir: str) -> Any:
     import json
     from pathlib import Path
 
-    spec = json.loads((Path(model_dir) / "config.json").read_text()).get("init_spec") or {}
-    family = spec.get("family", "aigi")  # format 1 folders were all AIGI detectors
+    marker = Path(model_dir) / "genguard.json"  # folders in another library's format name their family here
+    if marker.is_file():
+        family = json.loads(marker.read_text())["family"]
+    else:
+        spec = json.loads((Path(model_dir) / "config.json").read_text()).get("init_spec") or {}
+        family = spec.get("family", "aigi")  # format 1 folders were all AIGI detectors
     if family not in PREDICTORS:
         import_family(family)
     return PREDICTORS.build(family, model_dir=model_dir)

@@ -50,7 +50,9 @@ def clone(tmp_path_factory):
     return path, env
 
 
-STAGES = ("pin_clip", "univfd", "aigi_benchmark")  # + aigi_data upstream; ns_net/dgs_net: same shape as pin_clip
+# + aigi_data upstream; ns_net/dgs_net and aigi_benchmark (which trains every detector again): same shapes,
+# left out to keep the suite's time (their stage shapes are checked below).
+STAGES = ("pin_clip", "univfd")
 
 
 def test_repro_runs_all_then_is_up_to_date_then_reruns_only_the_changed_stage(clone):
@@ -58,7 +60,6 @@ def test_repro_runs_all_then_is_up_to_date_then_reruns_only_the_changed_stage(cl
     first = _sh(["dvc", "repro", *STAGES], path, env)
     for stage in ("aigi_data", *STAGES):
         assert f"Running stage '{stage}'" in first
-    assert (path / "data" / "08_reporting" / "aigi_benchmark" / "leaderboard.md").is_file()
     assert (path / "data" / "08_reporting" / "pin_clip" / "metrics.json").is_file()
     assert (path / "dvc.lock").is_file()
     assert "up to date" in _sh(["dvc", "status", *STAGES], path, env).lower()
@@ -70,13 +71,13 @@ def test_repro_runs_all_then_is_up_to_date_then_reruns_only_the_changed_stage(cl
     params["pin_clip"]["train"]["lr"] = params["pin_clip"]["train"]["lr"] * 2
     params_file.write_text(yaml.safe_dump(params))
     status = _sh(["dvc", "status", *STAGES], path, env)
-    assert "pin_clip" in status and "aigi_benchmark:" in status  # the benchmark trains pin_clip too
+    assert "pin_clip" in status
     assert not any(f"{stage}:" in status for stage in ("univfd", "aigi_data"))
     third = _sh(["dvc", "repro", "pin_clip"], path, env)
     assert "Running stage 'pin_clip'" in third
     assert "Running stage 'univfd'" not in third and "Running stage 'aigi_data'" not in third
     metrics = _sh(["dvc", "metrics", "show"], path, env)
-    assert "mean_acc" in metrics and "leaderboard" in metrics
+    assert "mean_acc" in metrics
 
 
 def test_face_stages_repro_and_keep_the_crop_cache(clone):
@@ -102,10 +103,16 @@ def test_every_stage_runs_a_registered_pipeline_on_existing_code_and_params():
     from genguard.pipeline_registry import register_pipelines
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    pipelines = set(register_pipelines())
+    pipelines = register_pipelines()
     assert {"ns_net", "dgs_net", "aigi_benchmark"} <= set(stages)
     for name, stage in stages.items():
-        assert stage["cmd"] == f"kedro run --pipelines={name}" and name in pipelines, name
+        # A stage may start part-way (reveal reads the bench reveal_bench wrote: --from-nodes).
+        command, _, start = stage["cmd"].partition(" --from-nodes=")
+        assert command == f"kedro run --pipelines={name}" and name in pipelines, name
+        if start:  # the part it runs writes none of the outputs its upstream stage owns
+            nodes = pipelines[name].from_nodes(start).nodes
+            assert start in {node.name for node in nodes}, (name, start)
+            assert not {"reveal_bench_records", "aigi_data.manifest"} & {o for n in nodes for o in n.outputs}
         for dep in stage["deps"]:
             assert (ROOT / dep).exists() or dep.startswith("data/"), (name, dep)
         for entry in stage.get("params", []):
@@ -126,7 +133,7 @@ def test_dvc_yaml_is_what_the_pipeline_registry_generates(monkeypatch, tmp_path)
     assert dvc_stages.main(["--check"]) == 0
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {*AIGI, "aigi_data", "aigi_benchmark", *FACE, "face_dataset", "deepfake_benchmark",
-            "t2i_testbed", "ticoe", "set", "tlga"} == set(stages)
+            "t2i_testbed", "ticoe", "set", "tlga", "reveal_bench", "reveal"} == set(stages)
     # a hand-edited dvc.yaml (a stage dropped) is caught
     stale = tmp_path / "dvc.yaml"
     document = yaml.safe_load((ROOT / "dvc.yaml").read_text())

@@ -42,6 +42,26 @@ class JSONDataset(_FileDataset):
         write_json_atomic(self._filepath, data)
 
 
+class JSONLinesDataset(_FileDataset):
+    """A list of JSON records, one per line (chat/RL datasets: what TRL, ms-swift and ``datasets`` read)."""
+
+    def load(self) -> list[Any]:
+        if not self._filepath.is_file():
+            raise self._missing()
+        records = []
+        for number, line in enumerate(self._filepath.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DatasetError(f"{self._filepath}:{number}: not JSON ({error}); rebuild the file with the "
+                                       "node that writes it") from error
+        return records
+
+    def save(self, data: list[Any]) -> None:
+        write_text_atomic(self._filepath, "".join(json.dumps(record, sort_keys=True) + "\n" for record in data))
+
+
 class ParquetDataset(_FileDataset):
     def load(self) -> pd.DataFrame:
         if not self._filepath.is_file():

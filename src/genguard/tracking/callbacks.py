@@ -30,3 +30,27 @@ class MlflowEpochLogger:
         for record in history:
             if record["epoch"] not in self.logged_epochs:
                 self.on_epoch_end(record["epoch"], {k: v for k, v in record.items() if k != "epoch"})
+
+
+def trainer_metrics_logger(prefix: str) -> object:
+    """A transformers ``TrainerCallback`` that logs every ``on_log`` record (TRL's loss, rewards per term, KL,
+    ...) to the active MLflow run under ``prefix`` (``sft/``, ``grpo/``), step = the trainer's global step.
+
+    Rather than transformers' own MLflow integration: that one logs every TrainingArguments field as a run
+    parameter, and two stages in one run (SFT then GRPO, different learning rates) would collide on
+    MLflow's immutable parameters. Rank 0 alone logs.
+    """
+    from transformers import TrainerCallback
+
+    class TrainerMetricsLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+            import mlflow
+
+            if not state.is_world_process_zero or mlflow.active_run() is None or not logs:
+                return
+            metrics = {safe_metric_name(prefix + k): float(v) for k, v in logs.items()
+                       if isinstance(v, int | float) and v == v}
+            if metrics:
+                mlflow.log_metrics(metrics, step=int(state.global_step))
+
+    return TrainerMetricsLogger()

@@ -1,0 +1,125 @@
+"""Evaluating a REVEAL policy on held-out bench records: greedy generation (as the released inference
+script), the verdict parsed from ``<answer>``, detection accuracy per generator (real and fake accuracy
+apart: VLM detectors often lean to one class), format validity, and the explanation's quality through the
+same reward functions GRPO optimised (judge scores), plus evidence citation rate and ROUGE-L against the
+reference chain.
+
+An answer that does not parse counts as wrong (and is counted as a parse failure), never as a guess.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genguard.families.vlm.samples import open_image, prompt_messages
+
+ANSWER = re.compile(r"<answer>\s*([01])\s*</answer>")
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def parse_verdict(completion: str) -> int | None:
+    match = ANSWER.search(completion)
+    return int(match.group(1)) if match else None
+
+
+def think_text(completion: str) -> str:
+    match = THINK.search(completion)
+    return match.group(1) if match else ""
+
+
+def generate(model_path: str | Path, records: Sequence[dict[str, Any]], bench_root: str | Path, *,
+             max_new_tokens: int, batch_size: int = 16, sampling: dict[str, Any] | None = None,
+             seed: int = 0) -> tuple[list[str], dict[str, float]]:
+    """Completions for ``records`` (greedy; or ``sampling`` = generate() options such as temperature, top_k,
+    top_p, num_return_sequences: then the samples of a record follow each other) and the generation speed
+    (new tokens per second)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from genguard.families.vlm.policy import load_processor
+
+    processor = load_processor(model_path)
+    processor.tokenizer.padding_side = "left"  # batched decoding continues every prompt from its own end
+    model = AutoModelForImageTextToText.from_pretrained(str(model_path)).eval()
+    device = next(model.parameters()).device
+    pad = processor.tokenizer.pad_token_id
+    completions: list[str] = []
+    new_tokens, seconds = 0, 0.0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        texts = [processor.apply_chat_template(prompt_messages(r["prompt"]), add_generation_prompt=True)
+                 for r in chunk]
+        images = [open_image(Path(bench_root) / r["image"]) for r in chunk]
+        batch = processor(text=texts, images=images, return_tensors="pt", padding=True).to(device)
+        began = time.perf_counter()
+        options = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + start)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
+        seconds += time.perf_counter() - began
+        generated = out[:, batch["input_ids"].shape[1]:]
+        new_tokens += int((generated != pad).sum())
+        completions += processor.batch_decode(generated, skip_special_tokens=True)
+    speed = {"new_tokens": float(new_tokens), "seconds": seconds,
+             "tokens_per_s": new_tokens / seconds if seconds else 0.0}
+    return completions, speed
+
+
+def _rouge_l(candidate: str, reference: str) -> float:
+    from rouge_score import rouge_scorer
+
+    return float(rouge_scorer.RougeScorer(["rougeL"]).score(reference, candidate)["rougeL"].fmeasure)
+
+
+def completion_table(records: Sequence[dict[str, Any]], completions: Sequence[str],
+                     scores: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per record: verdict, correctness, structure, citation rate, ROUGE-L, and the reward terms."""
+    from genguard.families.vlm.rewards import split_steps
+
+    rows = []
+    for record, completion in zip(records, completions, strict=True):
+        verdict = parse_verdict(completion)
+        steps = split_steps(think_text(completion))
+        experts = list(record["experts"])
+        cited = [any(name in step for name in experts) for step in steps]
+        rows.append({"id": record["id"], "generator": record.get("generator") or "", "label": int(record["label"]),
+                     "verdict": verdict, "parsed": verdict is not None, "correct": verdict == int(record["label"]),
+                     "steps": len(steps), "citation_rate": float(np.mean(cited)) if cited else 0.0,
+                     "rouge_l": _rouge_l(think_text(completion), think_text(record["solution"])),
+                     "completion": completion})
+    table = pd.DataFrame(rows)
+    if scores is not None:
+        table = pd.concat([table, scores.add_prefix("reward/").reset_index(drop=True)], axis=1)
+    return table
+
+
+def per_generator(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per generator: over its real + fake images, and on each class apart."""
+    def summarise(frame: pd.DataFrame) -> pd.Series:
+        real, fake = frame[frame["label"] == 0], frame[frame["label"] == 1]
+        return pd.Series({"n": len(frame), "acc": frame["correct"].mean(),
+                          "real_acc": real["correct"].mean() if len(real) else np.nan,
+                          "fake_acc": fake["correct"].mean() if len(fake) else np.nan,
+                          "parse_failure_rate": 1.0 - frame["parsed"].mean()})
+
+    grouped = table.groupby("generator").apply(summarise, include_groups=False).reset_index()
+    return pd.concat([grouped, pd.DataFrame([{"generator": "mean", **summarise(table).to_dict()}])],
+                     ignore_index=True)
+
+
+def summary_metrics(table: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """Headline figures of one policy (``prefix``: bare / sft / grpo)."""
+    metrics = {"acc": table["correct"].mean(), "parse_failure_rate": 1.0 - table["parsed"].mean(),
+               "mean_steps": table["steps"].mean(), "citation_rate": table["citation_rate"].mean(),
+               "rouge_l": table["rouge_l"].mean()}
+    for column in table.columns:
+        if column.startswith("reward/"):
+            metrics[column.removeprefix("reward/")] = table[column].mean()
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}

@@ -1,0 +1,51 @@
+"""REVEAL-Bench records as TRL rows: conversational prompt (image + instruction), the chain of evidence as the
+completion (SFT), and the columns the rewards read (GRPO: ``solution``, ``label``, ``experts``, ``image``).
+
+The released trainer reads ``messages`` + ``images`` (ms-swift); TRL reads ``prompt`` / ``completion`` +
+``images``. Both come from the same record, so one bench file serves either backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+EVIDENCE_KEYS = ("verdict", "score", "text")
+
+
+def prompt_messages(prompt: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def slim_evidence(experts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the rewards need of each expert (verdict, score, sentence): one fixed struct per expert, so the
+    Arrow table behind TRL's dataset has one schema (the full records keep every measurement)."""
+    return {name: {"verdict": str(e["verdict"]), "score": float(e["score"]), "text": str(e["text"])}
+            for name, e in sorted(experts.items())}
+
+
+def open_image(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the bench image ({error}); rebuild the bench "
+                         "(kedro run --pipeline=reveal_bench) or remove the record") from error
+
+
+def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_completion: bool) -> Any:
+    """A ``datasets.Dataset`` of TRL rows for ``records`` (images read from ``bench_root``)."""
+    from datasets import Dataset
+
+    rows = []
+    for record in records:
+        row = {"prompt": prompt_messages(record["prompt"]), "images": [open_image(Path(bench_root) / record["image"])],
+               "solution": record["solution"], "label": int(record["label"]), "id": record["id"],
+               "generator": str(record.get("generator") or ""), "experts": slim_evidence(record["experts"])}
+        if with_completion:
+            row["completion"] = [{"role": "assistant", "content": [{"type": "text", "text": record["solution"]}]}]
+        rows.append(row)
+    return Dataset.from_list(rows)

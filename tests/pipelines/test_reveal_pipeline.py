@@ -1,0 +1,84 @@
+"""``kedro run --pipeline=reveal --env=test`` end to end (the AIGI test images -> REVEAL-Bench -> SFT -> GRPO
+-> evaluation -> registry), then what the issue asks of it, read from the run's own outputs and MLflow."""
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from ..conftest import _merged
+from .conftest import run_session
+
+TERMS = ("accuracy", "format", "steps", "reasoning_match", "evidence_faithfulness", "logic")
+
+
+def _params(project, block: str) -> dict:
+    import yaml
+
+    base = yaml.safe_load((project / "conf/base/parameters_reveal.yml").read_text())[block]
+    return _merged(base, yaml.safe_load((project / "conf/test/parameters_reveal.yml").read_text()).get(block) or {})
+
+
+@pytest.fixture(scope="module")
+def reveal_run(project):
+    run_session(project, "reveal")
+    bench, reveal = _params(project, "reveal_bench"), _params(project, "reveal")
+    reports = project / "data/08_reporting"
+    return SimpleNamespace(project=project, bench=bench, reveal=reveal,
+                           records=[json.loads(line) for line in
+                                    (project / bench["out_dir"] / "records.jsonl").read_text().splitlines()],
+                           bench_report=json.loads((reports / "reveal_bench/report.json").read_text()),
+                           metrics=json.loads((reports / "reveal/metrics.json").read_text()),
+                           grpo=json.loads((reports / "reveal/grpo.json").read_text()),
+                           sft=json.loads((reports / "reveal/sft.json").read_text()))
+
+
+def test_the_bench_is_validated_versioned_in_mlflow_and_its_experts_cached(reveal_run):
+    import mlflow
+
+    project, records, report = reveal_run.project, reveal_run.records, reveal_run.bench_report
+    assert len(records) == report["records"] > 0 and report["unreadable"] == []
+    schema = json.loads((project / "data/08_reporting/reveal_bench/schema.json").read_text())
+    assert schema["failed"] == {} and schema["records"] == len(records)
+    dataset = json.loads((project / "data/08_reporting/reveal_bench/mlflow_dataset.json").read_text())
+    runs = mlflow.search_runs(experiment_names=["genguard"], output_format="list",
+                              filter_string="attributes.status = 'FINISHED'")
+    logged = [(d.dataset.name, d.dataset.digest) for run in runs for d in run.inputs.dataset_inputs]
+    assert (dataset["dataset"], dataset["digest"]) in logged
+    # A rerun computes no expert reading again (cache by image hash) and rebuilds the same records.
+    run_session(project, "reveal_bench")
+    again = json.loads((project / "data/08_reporting/reveal_bench/report.json").read_text())
+    assert again["expert_cache"]["misses"] == 0 and again["expert_cache"]["hits"] == report["expert_cache"]["misses"]
+
+
+def test_sft_learns_the_format_and_grpo_logs_every_term_with_a_bounded_kl(reveal_run):
+    """The wiring of both stages (the learning itself: tests/families/vlm/test_reveal_learning.py)."""
+    metrics, grpo = reveal_run.metrics, reveal_run.grpo
+    assert metrics["sft/format"] > 0.5 and metrics["bare/format"] == 0.0  # greedy, held out
+    assert reveal_run.sft["history"][-1]["loss"] < 0.5 * reveal_run.sft["history"][0]["loss"]
+    steps = grpo["history"]
+    assert len(steps) == reveal_run.reveal["grpo"]["max_steps"]
+    for term in TERMS:
+        assert all(f"rewards/{term}/mean" in step for step in steps), term
+    assert max(step["kl"] for step in steps) < 0.1
+    assert all(count == 0 for name, count in grpo["reward_ledger"].items() if name.startswith("reward_errors/"))
+    assert grpo["reward_terms"] == list(TERMS) and grpo["reward_weights"] == [1.0, 1.0, 0.1, 0.3, 0.2, 0.2]
+
+
+def test_evaluation_reports_per_generator_accuracy_and_the_model_is_registered(reveal_run):
+    import mlflow
+
+    project = reveal_run.project
+    board = pd.read_csv(project / "data/08_reporting/reveal/per_generator.csv")
+    generators = {r["generator"] for r in reveal_run.records if r["split"] == "test"}
+    assert set(board["policy"]) == {"bare", "sft", "grpo"}
+    assert set(board["generator"]) == generators | {"mean"}
+    assert board[["acc", "real_acc", "fake_acc"]].notna().all().all()
+    for name in ("judge/reward_errors/reasoning_match", "grpo/citation_rate", "grpo/rouge_l", "grpo/tokens_per_s",
+                 "sft/sampled/total", "grpo/sampled/total", "grpo/curve/reward_gain", "grpo/curve/max_kl"):
+        assert name in reveal_run.metrics
+    registration = json.loads((project / "data/08_reporting/reveal/registration.json").read_text())
+    assert registration["name"] == "genguard-reveal-test" and "candidate" in registration["aliases"]
+    run = mlflow.get_run(registration["run_id"])
+    assert {"grpo/reward", "grpo/kl", "sft/loss", "grpo/rewards/format/mean"} <= set(run.data.metrics)
