@@ -29,6 +29,13 @@ video_train_epoch  seconds per epoch of standard training vs PGD-AT vs J-TLAT (e
            benchmarks/video.py.
 video_grid  wall time and peak RSS of a fresh `kedro run --pipelines=tlga`, every cache in a temporary folder
            (target: <= 15 min on 2 cores); benchmarks/video.py.
+reveal_evidence  REVEAL-Bench construction images/s, first build vs rebuild from the expert cache;
+           benchmarks/reveal.py.
+reveal_steps  SFT and GRPO steps/s of the tiny policy on 2 cores; benchmarks/reveal.py.
+reveal_generation  new tokens/s of the trained GRPO policy vs the bare policy, same forced length;
+           benchmarks/reveal.py.
+reveal_run  wall time and peak RSS of `kedro run --pipelines=reveal` (bench cached, models retrained: the
+           model folders are redirected to a temporary folder).
 ingestion  checking a generated 20k-image ForenSynths folder: first pass on 1 and 2 processes, second pass
            from the file-check cache (targets: second >= 20x faster, 2 processes >= 1.6x faster); the
            standalone script is benchmarks/ingestion.py.
@@ -233,6 +240,20 @@ def _video(name: str) -> dict:
     return video.bench_grid(_kedro_run) if name == "grid" else video.BENCHES[name]()
 
 
+def _reveal(name: str) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reveal
+
+    return reveal.BENCHES[name]()
+
+
+def bench_reveal_run() -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genguard-reveal-run-") as tmp:
+        return _kedro_run("reveal", f"--params=reveal.model_dir={tmp}/models,reveal.work_dir={tmp}/work")
+
+
 def bench_face_benchmark() -> dict:
     return _kedro_run("deepfake_benchmark")
 
@@ -250,7 +271,9 @@ BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run,
            "face_benchmark": bench_face_benchmark, "t2i_sampler": lambda: _t2i("sampler"),
            "t2i_set_cost": lambda: _t2i("set_cost"), "t2i_stages": lambda: _t2i("stages"),
            "video_attack_cost": lambda: _video("attack_cost"),
-           "video_train_epoch": lambda: _video("train_epoch"), "video_grid": lambda: _video("grid")}
+           "video_train_epoch": lambda: _video("train_epoch"), "video_grid": lambda: _video("grid"),
+           "reveal_evidence": lambda: _reveal("evidence"), "reveal_steps": lambda: _reveal("steps"),
+           "reveal_generation": lambda: _reveal("generation"), "reveal_run": bench_reveal_run}
 
 
 def main(names: list[str]) -> None:

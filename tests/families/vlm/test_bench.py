@@ -84,7 +84,7 @@ def test_a_record_that_breaks_the_schema_is_named_with_its_check(manifest, tmp_p
     with pytest.raises(DataValidationError) as error:
         validate_records(records, tmp_path / "bench")
     message = str(error.value)
-    assert f"solution_format" in message and records[1]["id"] in message
+    assert "solution_format" in message and records[1]["id"] in message
     assert "label_binary" in message and records[2]["id"] in message
 
 

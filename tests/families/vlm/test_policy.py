@@ -4,11 +4,17 @@ TRL options are checked by name, and the folder names its family for the MLflow 
 import pytest
 import torch
 
-from genguard.families.vlm.policy import TAGS, build_tiny_qwen2vl, check_tags_survive, load_processor, mark_folder
+from genguard.families.vlm.policy import (
+    TAGS,
+    build_tiny_qwen2vl,
+    check_tags_survive,
+    load_processor,
+    mark_folder,
+)
 from genguard.families.vlm.training import GRPO_DEFAULTS, trl_config
 
-CORPUS = ["<think>1. spectrum: strong periodic peaks, typical of generated images.\n2. noise_residual: weak.\n"
-          "3. So the image is generated.</think><answer>1</answer>", "Is this image real or AI-generated?"] * 8
+CORPUS = [("<think>1. spectrum: strong periodic peaks, typical of generated images.\n2. noise_residual: weak.\n"
+           "3. So the image is generated.</think><answer>1</answer>"), "Is this image real or AI-generated?"] * 8
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
         "num_key_value_heads": 1}
 VISION = {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 8,

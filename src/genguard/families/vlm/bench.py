@@ -88,7 +88,7 @@ def build_bench(manifest: pd.DataFrame, experts: Sequence[Any], writer: Any, out
         "images": len(manifest), "records": len(records), "rejected": len(rejected), "rejected_examples": rejected[:20],
         "rejection_rate": len(rejected) / max(len(readable), 1),
         "unreadable": problems, "expert_cache": stats,
-        "experts": {name: {"calibration": c.to_dict(), "accuracy": _expert_accuracy(readings, calibrations[name], name,
+        "experts": {name: {"calibration": c.to_dict(), "accuracy": _expert_accuracy(readings, c, name,
                                                                                 labels, splits, readable)}
                     for name, c in calibrations.items()},
         "seconds": seconds, "expert_seconds": read_seconds, "images_per_s": len(manifest) / seconds if seconds else 0.0,

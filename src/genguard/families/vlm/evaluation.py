@@ -47,8 +47,8 @@ def generate(model_path: str | Path, records: Sequence[dict[str, Any]], bench_ro
 
     processor = load_processor(model_path)
     processor.tokenizer.padding_side = "left"  # batched decoding continues every prompt from its own end
-    model = AutoModelForImageTextToText.from_pretrained(str(model_path)).eval()
-    device = next(model.parameters()).device
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype="auto").to(device).eval()
     pad = processor.tokenizer.pad_token_id
     completions: list[str] = []
     new_tokens, seconds = 0, 0.0

@@ -74,6 +74,17 @@ def _history(trainer: Any) -> list[dict[str, float]]:
 
 
 def _save(trainer: Any, processor: Any, out_dir: str | Path) -> Path:
+    try:
+        return _save_folder(trainer, processor, out_dir)
+    finally:
+        # The ZeRO-3 config is process-global in transformers: left set, every later from_pretrained in this
+        # process (the evaluation node) would build its model sharded for a DeepSpeed engine that is gone.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
+def _save_folder(trainer: Any, processor: Any, out_dir: str | Path) -> Path:
     if not trainer.is_world_process_zero():
         trainer.save_model(str(out_dir))  # ZeRO-3: every rank takes part in gathering the shards
         return Path(out_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def register_reveal_bench(records: list[dict[str, Any]], report: dict[str, Any],
                             "reveal_bench/images_per_s": report["images_per_s"],
                             **{f"reveal_bench/expert_acc/{name}/{split}": value
                                for name, e in report["experts"].items() for split, value in e["accuracy"].items()
-                               if value == value}})
+                               if not math.isnan(value)}})
         mlflow.log_dict(report, "reveal_bench/report.json")
         mlflow.log_dict(schema, "reveal_bench/schema.json")
     return {"dataset": dataset.name, "digest": dataset.digest, "records": len(records)}
