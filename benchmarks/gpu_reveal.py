@@ -62,6 +62,7 @@ def _bag_of_words(texts: list[str]) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/gpu_reveal")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny policy, plain fp32 stage only (no GPU)")
     args = parser.parse_args()
     root = Path(args.out)
     rows = []
@@ -76,24 +77,34 @@ def main() -> None:
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
     bench = root / "bench"
+    text = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 12,
+            "num_key_value_heads": 4}
+    vision = {"depth": 4, "embed_dim": 384, "hidden_size": 768, "num_heads": 6, "mlp_ratio": 4, "patch_size": 8,
+              "spatial_merge_size": 2}
+    if args.cpu_smoke:
+        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4)
+        vision.update(depth=1, embed_dim=32, hidden_size=64, num_heads=2)
     build_tiny_qwen2vl(root / "policy", [records[0]["prompt"]] + [r["solution"] for r in records], image_size=SIZE,
-                       vocab_size=1024, text={"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
-                                              "num_attention_heads": 12, "num_key_value_heads": 4},
-                       vision={"depth": 4, "embed_dim": 384, "hidden_size": 768, "num_heads": 6, "mlp_ratio": 4,
-                               "patch_size": 8, "spatial_merge_size": 2})
+                       vocab_size=1024, text=text, vision=vision)
     parameters = json.loads((root / "policy" / "genguard_policy.json").read_text())["parameters"]
-    results = {"device": torch.cuda.get_device_name(0), "policy_parameters": parameters,
+    results = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+               "policy_parameters": parameters,
                "bench_records": len(records), "bench_images_per_s": report["images_per_s"]}
     funcs, weights, _ = build_reward_functions(None, ProxyJudge(embedder=_bag_of_words), RewardLedger())
-    for name, extra in (("plain_bf16", {"bf16": True}),
-                        ("zero3_bf16", {"bf16": True, "deepspeed": ZERO3, "gradient_checkpointing": True})):
+    stages = (("plain_bf16", {"bf16": True}),
+              ("zero3_bf16", {"bf16": True, "deepspeed": ZERO3, "gradient_checkpointing": True}))
+    if args.cpu_smoke:
+        stages = (("plain_fp32", {"num_train_epochs": 1}),)
+    for name, extra in stages:
         sft_options = {"learning_rate": 3e-4, "num_train_epochs": 4, "per_device_train_batch_size": 16,
-                       "max_length": None, **extra}
+                       "max_length": None, **extra}  # the smoke's num_train_epochs: 1 overrides
         sft = run_sft(root / "policy", trl_rows(train, bench, with_completion=True), sft_options, root / f"sft_{name}",
                       work_dir=root / f"work_{name}")
-        torch.cuda.reset_peak_memory_stats()
-        grpo_options = {"learning_rate": 2e-5, "max_steps": 8, "per_device_train_batch_size": 16,
-                        "max_completion_length": 256, **extra}
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        grpo_options = {"learning_rate": 2e-5, "max_steps": 2 if args.cpu_smoke else 8,
+                        "per_device_train_batch_size": 16, "max_completion_length": 256,
+                        **{k: v for k, v in extra.items() if k != "num_train_epochs"}}
         grpo = run_grpo(root / f"sft_{name}", trl_rows(train[:64], bench, with_completion=False), funcs, weights,
                         grpo_options, root / f"grpo_{name}", work_dir=root / f"work_{name}")
         completions, speed = generate(root / f"grpo_{name}", test, bench, max_new_tokens=256, batch_size=32)
@@ -101,7 +112,7 @@ def main() -> None:
         results[name] = {
             "sft_steps": sft["steps"], "sft_steps_per_s": sft["steps_per_s"],
             "sft_loss_first_last": [sft["history"][0]["loss"], sft["history"][-1]["loss"]],
-            "grpo_steps_per_s": grpo["steps_per_s"], "grpo_peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "grpo_steps_per_s": grpo["steps_per_s"], "grpo_peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
             "grpo_reward": [round(h["reward"], 3) for h in grpo["history"]],
             "grpo_kl": [round(h["kl"], 4) for h in grpo["history"]],
             "saved_files": sorted(p.name for p in (root / f"grpo_{name}").iterdir()),

@@ -91,6 +91,8 @@ def _save_folder(trainer: Any, processor: Any, out_dir: str | Path) -> Path:
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp))
         processor.save_pretrained(str(tmp))
+        # A pickle of the TrainingArguments: model folders hold no pickles (the summary keeps the options).
+        (Path(tmp) / "training_args.bin").unlink(missing_ok=True)
     return Path(out_dir)
 
 
