@@ -58,8 +58,10 @@ def test_records_pass_their_schema_and_the_rerun_reads_experts_from_cache(manife
     assert all((tmp_path / "bench" / path).is_file() for e in record["experts"].values() for path in e["views"].values())
     json.dumps(records)  # one JSON line each
 
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "bench").rglob("*.png")}
     again, report_again = _build(manifest, tmp_path)
     assert report_again["expert_cache"]["misses"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "bench").rglob("*.png")} == written  # nothing rewritten
     assert report_again["expert_cache"]["hits"] == len(manifest) * len(EXPERTS)
     assert [r["solution"] for r in again] == [r["solution"] for r in records]
 

@@ -11,6 +11,7 @@ The bench is a folder: ``records.jsonl`` (one record per image, spec'd by :data:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -39,8 +40,16 @@ def select_rows(manifest: pd.DataFrame, max_per_group: int | None, seed: int) ->
     return shuffled.groupby(keys, sort=False).head(int(max_per_group)).sort_values("path").reset_index(drop=True)
 
 
-def _image_id(row: pd.Series, index: int) -> str:
-    return f"rb-{index:06d}-{str(row.get('sha256') or '')[:8]}"
+def _image_ids(manifest: pd.DataFrame) -> list[str]:
+    """Ids from image content (the sha256 column, else the path), so that adding images to the manifest
+    leaves every existing record, view and image file where it was; a repeated image gets a suffix."""
+    ids, seen = [], {}
+    for sha, path in zip(manifest.get("sha256", [None] * len(manifest)), manifest["path"], strict=True):
+        key = str(sha) if isinstance(sha, str) and sha else hashlib.sha256(str(path).encode()).hexdigest()
+        base = f"rb-{key[:16]}"
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
 
 
 def build_bench(manifest: pd.DataFrame, experts: Sequence[Any], writer: Any, out_dir: str | Path,
@@ -69,9 +78,10 @@ def build_bench(manifest: pd.DataFrame, experts: Sequence[Any], writer: Any, out
                     for expert in experts}
 
     records, rejected = [], []
+    image_ids = _image_ids(manifest)
     for i in progress(readable, desc="reveal_bench chains of evidence", unit="img"):
         row = manifest.iloc[i]
-        image_id = _image_id(row, i)
+        image_id = image_ids[i]
         evidence = evidence_for(readings[i], calibrations, out_dir / "views", image_id, root=out_dir)
         coe = writer.write(evidence, int(row["label"]), image_id)
         problems_of_trace = check_trace(coe.text(), evidence, int(row["label"]))

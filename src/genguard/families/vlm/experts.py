@@ -477,9 +477,13 @@ def evidence_for(readings: dict[str, ExpertReading], calibrations: dict[str, Cal
         score = cal.score(reading.statistic)
         verdict = cal.verdict(score)
         views = {}
+        # The maps follow from the cached reading: named by expert version, written once (a rebuild of the
+        # bench writes the views of new images only).
+        version = hashlib.sha256(reading.version.encode()).hexdigest()[:8]
         for view, array in reading.maps.items():
-            target = views_dir / image_id / f"{name}_{view}.png"
-            write_bytes_atomic(target, _png(array, view in COLORMAPPED_VIEWS))
+            target = views_dir / image_id / f"{name}-{version}_{view}.png"
+            if not target.is_file():
+                write_bytes_atomic(target, _png(array, view in COLORMAPPED_VIEWS))
             views[view] = target.relative_to(base).as_posix()
         out[name] = ExpertEvidence(name, reading.version, round(score, 4), verdict,
                                    round(cal.confidence(score), 4), dict(reading.measurements),

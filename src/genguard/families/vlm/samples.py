@@ -7,6 +7,8 @@ The released trainer reads ``messages`` + ``images`` (ms-swift); TRL reads ``pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,13 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_completion: bool) -> Any:
-    """A ``datasets.Dataset`` of TRL rows for ``records`` (images read from ``bench_root``)."""
+    """A ``datasets.Dataset`` of TRL rows for ``records`` (images read from ``bench_root``).
+
+    Its fingerprint is the records' own key (ids, chains, image paths), given rather than computed: `datasets`
+    would hash the whole Arrow table with dill, which pickles every image (slow) and, with Python 3.12 and
+    pyarrow 25, fails outright ("Can't pickle <class 'MonthDayNano'>", seen on the GPU machine)."""
+    from unittest import mock
+
     from datasets import Dataset
 
     rows = []
@@ -48,4 +56,7 @@ def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_
         if with_completion:
             row["completion"] = [{"role": "assistant", "content": [{"type": "text", "text": record["solution"]}]}]
         rows.append(row)
-    return Dataset.from_list(rows)
+    key = hashlib.sha256(json.dumps([(r["id"], r["solution"], r["image"], with_completion) for r in records])
+                         .encode()).hexdigest()[:16]
+    with mock.patch("datasets.arrow_dataset.generate_fingerprint", lambda dataset: key):
+        return Dataset.from_list(rows)
