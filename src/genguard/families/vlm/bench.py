@@ -149,7 +149,7 @@ def validate_records(records: Sequence[dict[str, Any]], bench_root: str | Path) 
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from genguard.families.vlm.rewards import FORMAT_PATTERN
+    from genguard.families.vlm.chain_text import FORMAT_PATTERN
 
     frame = record_frame(records)
     frame["image_exists"] = [(Path(bench_root) / path).is_file() for path in frame["image"]]

@@ -20,6 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from genguard.families.vlm.chain_text import (
+    ANSWER_PATTERN,
+    FORMAT_PATTERN,
+    STEP_MARKER,
+    THINK_PATTERN,
+    split_steps,
+)
 from genguard.families.vlm.experts import ExpertEvidence
 
 PROMPT = ("Is this image real or AI-generated? Answer 1 for generated and 0 for real. Examine lighting, "
@@ -27,24 +34,9 @@ PROMPT = ("Is this image real or AI-generated? Answer 1 for generated and 0 for 
           "step-by-step analysis ending in a conclusion inside <think></think> and only the digit inside "
           "<answer></answer>.")
 
-# The released format check: a trailing newline after </answer> fails it, unlike the "$" form.
-FORMAT_PATTERN = re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>(?![\s\S])", re.DOTALL)
-THINK_PATTERN = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-# Line-anchored step markers: "k. " only at the start of a line. The released splitter (\d+)\.\s* matches
-# anywhere, so "0.85" or "ratio 12." would start new steps; anchoring to line starts (and requiring a space
-# after the dot) keeps numbers inside a step intact.
-STEP_PATTERN = re.compile(r"^\s*(\d+)\.\s+", re.MULTILINE)
 CLASS_WORDS = {1: ("generated", "synthetic", "fake"), 0: ("real", "authentic", "genuine")}
 VERDICT_CLASS = {"fake": 1, "real": 0}
 _CLASS_NAME = {1: "generated", 0: "real"}
-
-
-def split_steps(think_text: str) -> list[str]:
-    """The bodies of the numbered steps of a ``<think>`` text (markers stripped), split at line starts."""
-    marks = list(STEP_PATTERN.finditer(think_text))
-    return [think_text[m.end():(marks[k + 1].start() if k + 1 < len(marks) else len(think_text))].strip()
-            for k, m in enumerate(marks)]
 
 
 def _has_words(text: str, words: Sequence[str]) -> bool:
@@ -65,7 +57,7 @@ def check_trace(text: str, evidence: dict[str, ExpertEvidence], label: int) -> l
         problems.append(f"answer {answer.group(1).strip() if answer else None!r} is not the label {label}")
     think = THINK_PATTERN.search(text)
     steps = split_steps(think.group(1) if think else "")
-    numbers = [int(m.group(1)) for m in STEP_PATTERN.finditer(think.group(1) if think else "")]
+    numbers = [int(m.group(1)) for m in STEP_MARKER.finditer(think.group(1) if think else "")]
     if len(steps) < 3:
         problems.append(f"only {len(steps)} numbered steps (at least 3 needed)")
     elif numbers != list(range(1, len(steps) + 1)):

@@ -9,7 +9,6 @@ An answer that does not parse counts as wrong (and is counted as a parse failure
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,20 +17,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genguard.families.vlm.chain_text import parse_completion, split_steps
 from genguard.families.vlm.samples import open_image, prompt_messages
-
-ANSWER = re.compile(r"<answer>\s*([01])\s*</answer>")
-THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def parse_verdict(completion: str) -> int | None:
-    match = ANSWER.search(completion)
-    return int(match.group(1)) if match else None
+    """1 (AI-generated) / 0 (real) from the ``<answer>``; None when it is missing or not one of the two."""
+    answer = parse_completion(completion).answer
+    return int(answer) if answer in ("0", "1") else None
 
 
 def think_text(completion: str) -> str:
-    match = THINK.search(completion)
-    return match.group(1) if match else ""
+    return parse_completion(completion).think
 
 
 def generate(model_path: str | Path, records: Sequence[dict[str, Any]], bench_root: str | Path, *,
@@ -81,8 +78,6 @@ def _rouge_l(candidate: str, reference: str) -> float:
 def completion_table(records: Sequence[dict[str, Any]], completions: Sequence[str],
                      scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per record: verdict, correctness, structure, citation rate, ROUGE-L, and the reward terms."""
-    from genguard.families.vlm.rewards import split_steps
-
     rows = []
     for record, completion in zip(records, completions, strict=True):
         verdict = parse_verdict(completion)

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from genguard.families.vlm.rewards import answer_class, split_steps, text_class
+from genguard.families.vlm.chain_text import answer_class, split_steps, text_class
 from genguard.registry import Registry
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from genguard.pipelines.vlm.pipeline import BENCH, FIRST_TRAINING_NODE, REVEAL
 
 FAMILY_DIR, PIPELINE_DIR = "src/genguard/families/vlm", "src/genguard/pipelines/vlm"
-BENCH_FILES = ("__init__.py", "experts.py", "coe.py", "bench.py")
-TRAINING_FILES = ("__init__.py", "policy.py", "samples.py", "training.py", "rewards.py", "judges.py", "evaluation.py",
+BENCH_FILES = ("__init__.py", "chain_text.py", "experts.py", "coe.py", "bench.py")
+TRAINING_FILES = ("__init__.py", "chain_text.py", "policy.py", "samples.py", "training.py", "rewards.py", "judges.py", "evaluation.py",
                   "report.py", "inference.py")
 BENCH_DIR, BENCH_REPORT, REPORT = "data/03_primary/reveal_bench", "data/08_reporting/reveal_bench", "data/08_reporting/reveal"
 PARAMS_FILE = "conf/base/parameters_reveal.yml"
