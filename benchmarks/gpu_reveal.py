@@ -18,10 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -29,6 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from genguard.families.vlm.bench import build_bench
 from genguard.families.vlm.coe import TemplateWriter
 from genguard.families.vlm.evaluation import generate, parse_verdict
+from genguard.families.vlm.examples import toy_manifest
 from genguard.families.vlm.experts import build_experts
 from genguard.families.vlm.judges import ProxyJudge
 from genguard.families.vlm.policy import build_tiny_qwen2vl
@@ -38,16 +36,6 @@ from genguard.families.vlm.training import run_grpo, run_sft
 
 SIZE = 64
 ZERO3 = str(ROOT / "conf/gpu/deepspeed/zero3_bf16_hf.json")
-
-
-def _image(seed: int, fake: bool) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    field = ndimage.gaussian_filter(rng.normal(size=(SIZE, SIZE, 3)), (2, 2, 0))
-    pixels = 128 + 50 * field / (field.std() + 1e-9) + rng.normal(0, 2, (SIZE, SIZE, 3))
-    if fake:
-        y, x = np.indices((SIZE, SIZE))
-        pixels = pixels + 10 * ((x + y) % 2 * 2 - 1)[..., None]
-    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def _bag_of_words(texts: list[str]) -> np.ndarray:
@@ -65,14 +53,7 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny policy, plain fp32 stage only (no GPU)")
     args = parser.parse_args()
     root = Path(args.out)
-    rows = []
-    for i in range(192):
-        path = root / "images" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(i, bool(i % 2))).save(path)
-        rows.append({"path": str(path), "label": i % 2, "split": "train" if i < 160 else "test", "generator": "grid",
-                     "sha256": f"{i:064x}"})
-    records, report = build_bench(pd.DataFrame(rows), build_experts(["spectrum", "noise_residual", "local_artifacts"]),
+    records, report = build_bench(toy_manifest(root, 192, SIZE, n_train=160), build_experts(["spectrum", "noise_residual", "local_artifacts"]),
                                   TemplateWriter(), root / "bench", root / "cache")
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]

@@ -83,9 +83,8 @@ def test_repro_runs_all_then_is_up_to_date_then_reruns_only_the_changed_stage(cl
 def test_face_stages_repro_and_keep_the_crop_cache(clone):
     """The face dataset stage's crop cache is a persist output: DVC keeps it across reruns."""
     path, env = clone
-    first = _sh(["dvc", "repro", "effort"], path, env)
-    assert "Running stage 'face_dataset'" in first and "Running stage 'effort'" in first
-    assert (path / "data" / "08_reporting" / "effort" / "metrics.json").is_file()
+    first = _sh(["dvc", "repro", "face_dataset"], path, env)  # (a detector stage on top: the AIGI test's shape)
+    assert "Running stage 'face_dataset'" in first
     crops = path / "data" / "02_intermediate" / "face_crops"
     marker = crops / "kept.txt"
     marker.write_text("a crop cached by an earlier run")

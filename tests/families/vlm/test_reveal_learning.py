@@ -1,26 +1,26 @@
-"""REVEAL's two stages learn, on a toy world small enough for the suite (about 25 s): 96 images of 32 px,
+"""REVEAL's two stages learn, on a toy world small enough for the suite (about 45 s): 96 images of 32 px,
 fakes carrying a period-2 up-sampling grid, three numpy experts, template chains of evidence, a tiny Qwen2-VL.
 
-CoE-Tuning (TRL SFTTrainer) brings the greedy format reward on held-out images to its maximum; R-GRPO (TRL
-GRPOTrainer, REVEAL's six reward terms) then raises the reward of *sampled* completions, on the training
-curve and on held-out prompts, while the KL to the SFT policy stays small. The embedded default's own
-figures (AIGI images, 20 SFT epochs, 40 GRPO steps) are measured by ``kedro run --pipeline=reveal`` and
-reported in the README; this test pins the mechanism on every commit.
+CoE-Tuning (TRL SFTTrainer, 40 epochs) brings the greedy format reward on held-out images to its maximum;
+R-GRPO (TRL GRPOTrainer, REVEAL's six reward terms) raises the reward of *sampled* completions, on the
+training curve and on held-out prompts, while the KL to the SFT policy stays small. GRPO starts from the SFT
+run's 20-epoch point: from the 40-epoch policy every sampled group already scores the same (measured: sampled
+held-out reward 2.62 of 2.8), so the group-normalised advantages are zero and there is nothing to learn -
+GRPO needs reward variance inside a group (REVEAL's GRPO likewise starts from an SFT model that is right
+greedily but not yet sharp under sampling). The embedded default's own figures (AIGI images, 20 SFT epochs,
+40 GRPO steps) are measured by ``kedro run --pipeline=reveal`` and reported in the README.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
-from scipy import ndimage
 
 from genguard.families.vlm.bench import build_bench
 from genguard.families.vlm.coe import TemplateWriter
 from genguard.families.vlm.evaluation import completion_table, generate
+from genguard.families.vlm.examples import toy_manifest
 from genguard.families.vlm.experts import build_experts
 from genguard.families.vlm.judges import build_judge
 from genguard.families.vlm.policy import build_tiny_qwen2vl
@@ -32,27 +32,11 @@ from genguard.families.vlm.training import run_grpo, run_sft
 SIZE, SAMPLING = 32, {"temperature": 1.0, "top_k": 50, "top_p": 0.9, "num_return_sequences": 4}
 
 
-def _image(seed: int, fake: bool) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    field = ndimage.gaussian_filter(rng.normal(size=(SIZE, SIZE, 3)), (2, 2, 0))
-    pixels = 128 + 50 * field / (field.std() + 1e-9) + rng.normal(0, 2, (SIZE, SIZE, 3))
-    if fake:
-        y, x = np.indices((SIZE, SIZE))
-        pixels = pixels + 10 * ((x + y) % 2 * 2 - 1)[..., None]
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("reveal_toy")
-    rows = []
-    for i in range(96):
-        path = root / "images" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(_image(i, bool(i % 2))).save(path)
-        rows.append({"path": str(path), "label": i % 2, "split": "train" if i < 64 else "test", "generator": "grid",
-                     "sha256": f"{i:064x}"})
-    records, _ = build_bench(pd.DataFrame(rows), build_experts(["spectrum", "noise_residual", "local_artifacts"]),
+    experts = build_experts(["spectrum", "noise_residual", "local_artifacts"])
+    records, _ = build_bench(toy_manifest(root, 96, SIZE, n_train=64), experts,
                              TemplateWriter(quote_measurements=False), root / "bench", root / "cache")
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
@@ -62,9 +46,11 @@ def trained(tmp_path_factory):
                                               "num_attention_heads": 4, "num_key_value_heads": 2},
                        vision={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
                                "patch_size": 8, "spatial_merge_size": 2})
-    sft = run_sft(root / "policy", trl_rows(train, bench, with_completion=True),
-                  {"learning_rate": 3e-3, "num_train_epochs": 20, "per_device_train_batch_size": 16,
-                   "max_length": None}, root / "sft", work_dir=root / "work")
+    sft_options = {"learning_rate": 3e-3, "num_train_epochs": 20, "per_device_train_batch_size": 16,
+                   "max_length": None}
+    sft_rows = trl_rows(train, bench, with_completion=True)
+    sft = run_sft(root / "policy", sft_rows, sft_options, root / "sft", work_dir=root / "work")
+    sft_full = run_sft(root / "sft", sft_rows, sft_options, root / "sft_full", work_dir=root / "work")
     ledger = RewardLedger()
     funcs, weights, names = build_reward_functions(None, build_judge({"kind": "proxy"}), ledger)
     grpo = run_grpo(root / "sft", trl_rows(train, bench, with_completion=False), funcs, weights,
@@ -76,20 +62,21 @@ def trained(tmp_path_factory):
         completions, _ = generate(root / stage, test, bench, max_new_tokens=160, batch_size=32, sampling=SAMPLING)
         return float(score_completions(completions, repeated, funcs, names, weights)["total"].mean())
 
-    greedy, _ = generate(root / "sft", test, bench, max_new_tokens=160, batch_size=32)
-    return SimpleNamespace(sft=sft, grpo=grpo, ledger=ledger, sft_greedy=completion_table(test, greedy),
+    greedy, _ = generate(root / "sft_full", test, bench, max_new_tokens=160, batch_size=32)
+    return SimpleNamespace(sft=sft, sft_full=sft_full, grpo=grpo, ledger=ledger,
+                           sft_greedy=completion_table(test, greedy),
                            sampled={stage: sampled_reward(stage) for stage in ("sft", "grpo")})
 
 
 def test_sft_brings_the_greedy_format_reward_to_its_maximum(trained):
     table = trained.sft_greedy
     assert table["parsed"].all() and table["steps"].ge(3).all()
-    assert trained.sft["history"][-1]["loss"] < 0.3 * trained.sft["history"][0]["loss"]
+    assert trained.sft_full["history"][-1]["loss"] < 0.1 * trained.sft["history"][0]["loss"]
 
 
 def test_grpo_raises_the_sampled_reward_and_keeps_the_kl_small(trained):
     curve = curve_metrics(trained.grpo["history"])
     assert curve["grpo/curve/reward_gain"] > 0.2, curve             # measured +0.4 (first vs last quarter)
-    assert trained.sampled["grpo"] > trained.sampled["sft"] + 0.1, trained.sampled   # held out: 1.37 -> 1.66
+    assert trained.sampled["grpo"] > trained.sampled["sft"] + 0.1, trained.sampled   # held out: 1.20 -> 1.66
     assert 0 < curve["grpo/curve/max_kl"] < 0.1, curve               # beta 0.001; measured 0.03
     assert all(value == 0 for name, value in trained.ledger.summary().items() if name.startswith("reward_errors/"))
