@@ -8,9 +8,16 @@ for key, value in {
     "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads stall torch on 2 shared cores
 }.items():
     os.environ.setdefault(key, value)
+# Under pytest-xdist the suite runs one test file per core: one thread each (and in every subprocess a test
+# starts), else the workers' torch threads fight over the same cores.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
 
 TINY_BACKBONE = {"name": "genguard-tiny-vit", "pretrained": None}
 
