@@ -207,7 +207,8 @@ class LLMWriter:
 
         kwargs = {"gguf_file": self.gguf_file} if self.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs).eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # a 7 B writer (gpu profile) needs the GPU
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype="auto", **kwargs).to(device).eval()
 
         def generate(prompt: str) -> str:
             if tokenizer.chat_template:
@@ -215,6 +216,7 @@ class LLMWriter:
                                                        add_generation_prompt=True, return_tensors="pt")
             else:
                 inputs = tokenizer(prompt, return_tensors="pt")
+            inputs = inputs.to(device)
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
