@@ -74,7 +74,7 @@ def test_evaluation_reports_per_generator_accuracy_and_the_model_is_registered(r
     generators = {r["generator"] for r in reveal_run.records if r["split"] == "test"}
     assert set(board["policy"]) == {"bare", "sft", "grpo"}
     assert set(board["generator"]) == generators | {"mean"}
-    assert board[["acc", "real_acc", "fake_acc"]].notna().all().all()
+    assert board[["acc", "r_acc", "f_acc", "parse_failure_rate"]].notna().all().all()
     for name in ("judge/reward_errors/reasoning_match", "grpo/citation_rate", "grpo/rouge_l", "grpo/tokens_per_s",
                  "sft/sampled/total", "grpo/sampled/total", "grpo/curve/reward_gain", "grpo/curve/max_kl"):
         assert name in reveal_run.metrics

@@ -96,17 +96,20 @@ def completion_table(records: Sequence[dict[str, Any]], completions: Sequence[st
 
 
 def per_generator(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per generator: over its real + fake images, and on each class apart."""
-    def summarise(frame: pd.DataFrame) -> pd.Series:
-        real, fake = frame[frame["label"] == 0], frame[frame["label"] == 1]
-        return pd.Series({"n": len(frame), "acc": frame["correct"].mean(),
-                          "real_acc": real["correct"].mean() if len(real) else np.nan,
-                          "fake_acc": fake["correct"].mean() if len(fake) else np.nan,
-                          "parse_failure_rate": 1.0 - frame["parsed"].mean()})
+    """The core's per-group detection table (:func:`genguard.evaluation.grouping.group_table`: accuracy over
+    reals and fakes, ``r_acc`` / ``f_acc`` apart, the unweighted mean over generators as the last row) from
+    the hard verdicts, plus the parse-failure rate. A verdict is a score of 1 or 0; an answer that does not
+    parse is scored on the wrong side of the threshold, so it counts as wrong, never as a guess."""
+    from genguard.evaluation.grouping import MEAN_ROW, group_table
 
-    grouped = table.groupby("generator").apply(summarise, include_groups=False).reset_index()
-    return pd.concat([grouped, pd.DataFrame([{"generator": "mean", **summarise(table).to_dict()}])],
-                     ignore_index=True)
+    scores = table["verdict"].map({1: 1.0, 0: 0.0}).where(table["parsed"], 1.0 - table["label"])
+    frame = pd.DataFrame({"generator": table["generator"].astype(str), "label": table["label"],
+                          "score": scores.astype(float)})
+    board = group_table(frame, "generator")
+    failures = 1.0 - table.groupby(table["generator"].astype(str))["parsed"].mean()
+    board["parse_failure_rate"] = board["generator"].map(failures)
+    board.loc[board["generator"] == MEAN_ROW, "parse_failure_rate"] = float(failures.mean())
+    return board
 
 
 def summary_metrics(table: pd.DataFrame, prefix: str) -> dict[str, float]:

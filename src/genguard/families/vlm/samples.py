@@ -39,18 +39,25 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_completion: bool) -> Any:
-    """A ``datasets.Dataset`` of TRL rows for ``records`` (images read from ``bench_root``).
+    """A ``datasets.Dataset`` of TRL rows for ``records``. Images stay files under ``bench_root``: the column
+    holds their paths and ``datasets`` decodes each when a batch needs it (no decode at build time, no PNG
+    re-encoding into the table, no 60K decoded images held at paper scale).
 
     Its fingerprint is the records' own key (ids, chains, image paths), given rather than computed: `datasets`
-    would hash the whole Arrow table with dill, which pickles every image (slow) and, with Python 3.12 and
+    would hash the whole Arrow table with dill, which pickles every row (slow) and, with Python 3.12 and
     pyarrow 25, fails outright ("Can't pickle <class 'MonthDayNano'>", seen on the GPU machine)."""
     from unittest import mock
 
-    from datasets import Dataset
+    from datasets import Dataset, List
+    from datasets import Image as ImageFeature
 
     rows = []
     for record in records:
-        row = {"prompt": prompt_messages(record["prompt"]), "images": [open_image(Path(bench_root) / record["image"])],
+        image = (Path(bench_root) / record["image"]).resolve()
+        if not image.is_file():
+            raise ValueError(f"{image}: the bench image of record {record['id']} is missing; rebuild the bench "
+                             "(kedro run --pipeline=reveal_bench) or remove the record")
+        row = {"prompt": prompt_messages(record["prompt"]), "images": [str(image)],
                "solution": record["solution"], "label": int(record["label"]), "id": record["id"],
                "generator": str(record.get("generator") or ""), "experts": slim_evidence(record["experts"])}
         if with_completion:
@@ -59,4 +66,5 @@ def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_
     key = hashlib.sha256(json.dumps([(r["id"], r["solution"], r["image"], with_completion) for r in records])
                          .encode()).hexdigest()[:16]
     with mock.patch("datasets.arrow_dataset.generate_fingerprint", lambda dataset: key):
-        return Dataset.from_list(rows)
+        dataset = Dataset.from_list(rows)
+    return dataset.cast_column("images", List(ImageFeature(mode="RGB")), new_fingerprint=f"{key}-images")
