@@ -14,6 +14,8 @@ dgs_step   per-step cost of a DGS-Net student step (teacher forward + caption he
 shared     frozen-feature store: two frozen detectors with one backbone + input (UnivFD and NS-Net's
            frozen-encoder option) encoded once vs once per detector, degraded test sets included.
 benchmark  wall time and peak RSS of `kedro run --pipelines=aigi_benchmark` (target: < 15 min on 2 cores).
+prior      the embedded default's LiT prior (EfficientNet-Lite0 + MiniLM): build vs cached check, load time,
+           encoder images/s and one PiN-CLIP LoRA step on it vs on the random-init tiny ViT it replaced.
 face_preprocess  face crops of an FF++-layout folder of real H.264 talking-face videos: crops/s of the first
            run (decode, detect, align, crop) vs the cached rerun (target: the rerun decodes nothing);
            benchmarks/face.py.
@@ -219,6 +221,69 @@ def bench_benchmark() -> dict:
     return _kedro_run("aigi_benchmark")
 
 
+def bench_prior(repeats: int = 3) -> dict:
+    """The embedded default's pretrained prior: build (first) vs cached check, encoder images/s and one
+    LoRA training step of PiN-CLIP on it vs on the random-init tiny ViT it replaced."""
+    import tempfile
+
+    import yaml
+
+    from genguard.models.backbones import create_backbone
+    from genguard.pipelines.aigi.prior import ensure_backbone_prior
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    manifest, _ = _embedded_manifest()
+    params = yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text())["backbone_prior"]
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="genguard-prior-") as tmp:
+        spec = {"name": "genguard-lit-effnet-lite0", "pretrained": f"{tmp}/prior.safetensors"}
+        started = time.perf_counter()
+        report = ensure_backbone_prior(manifest, spec, params)
+        out["build_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        ensure_backbone_prior(manifest, spec, params)
+        out["cached_check_s"] = time.perf_counter() - started
+        out.update({k: report[k] for k in ("images", "distinct_captions", "retrieval_train", "retrieval_held_out",
+                                           "retrieval_chance", "encode_seconds", "align_seconds")})
+        started = time.perf_counter()
+        create_backbone(spec)
+        out["load_s"] = time.perf_counter() - started
+        for label, backbone in {"lit96": spec, "tiny_vit64": {"name": "genguard-tiny-vit"}}.items():
+            out.update({f"{label}/{k}": v for k, v in _encoder_and_step(backbone, label == "lit96", repeats).items()})
+    out["lit_over_tiny_step"] = out["lit96/pin_clip_step_s"] / out["tiny_vit64/pin_clip_step_s"]
+    return out
+
+
+def _encoder_and_step(backbone: dict, lit: bool, repeats: int) -> dict:
+    """Encoder images/s on a 256-image batch and one PiN-CLIP LoRA step (batch 32), best of ``repeats``."""
+    from genguard.families.aigi import build_detector
+    from genguard.models.backbones import create_backbone
+
+    encoder = create_backbone(backbone).eval()
+    x = torch.randn(256, 3, encoder.image_size, encoder.image_size)
+    with torch.inference_mode():
+        encoder.encode_image(x)
+        encode_s = min(_timed(lambda: encoder.encode_image(x)) for _ in range(repeats))
+    torch.manual_seed(0)
+    model = build_detector("pin_clip", backbone=backbone, noise_heads=8 if lit else 2).train()
+    batch = {"image": x[:32], "label": torch.arange(32) % 2}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.training_loss(batch)[0].backward()
+        optimizer.step()
+
+    step()
+    return {"encode_images_per_s": 256 / encode_s, "pin_clip_step_s": min(_timed(step) for _ in range(repeats))}
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def _face(name: str) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import face
@@ -266,7 +331,7 @@ def bench_ingestion() -> dict:
 
 
 BENCHES = {"cache": bench_cache, "inference": bench_inference, "run": bench_run, "dgs_step": bench_dgs_step,
-           "shared": bench_shared, "benchmark": bench_benchmark, "ingestion": bench_ingestion,
+           "shared": bench_shared, "benchmark": bench_benchmark, "prior": bench_prior, "ingestion": bench_ingestion,
            "face_preprocess": lambda: _face("preprocess"), "face_step": lambda: _face("step"),
            "face_benchmark": bench_face_benchmark, "t2i_sampler": lambda: _t2i("sampler"),
            "t2i_set_cost": lambda: _t2i("set_cost"), "t2i_stages": lambda: _t2i("stages"),

@@ -86,7 +86,10 @@ def load_predictor(model_dir: str) -> Any:
 
     marker = Path(model_dir) / "genguard.json"  # folders in another library's format name their family here
     if marker.is_file():
-        family = json.loads(marker.read_text())["family"]
+        named = json.loads(marker.read_text())
+        family = named["family"]
+        if family not in PREDICTORS and named.get("module"):  # a core model (e.g. a backbone prior)
+            importlib.import_module(named["module"])
     else:
         spec = json.loads((Path(model_dir) / "config.json").read_text()).get("init_spec") or {}
         family = spec.get("family", "aigi")  # format 1 folders were all AIGI detectors

@@ -96,11 +96,11 @@ def test_frozen_detectors_with_one_backbone_and_input_share_one_feature_cache(be
     frozen_ns = {"method": "ns_net", "backbone": backbone,  # NS-Net's frozen-encoder option, same input
                  "options": {"lora_rank": 0, "patch_selection": None, "normalisation": "backbone"}}
     conditions = {"conditions": ["clean", "jpeg_75"]}
-    shared = nodes.encode_shared_features(manifest, data, conditions, {"model": univfd}, {"model": frozen_ns})
+    shared = nodes.encode_shared_features(manifest, data, conditions, {}, {"model": univfd}, {"model": frozen_ns})
     assert shared["caches"]["univfd"] is shared["caches"]["ns_net"]
     report = shared["report"]
     assert len(report["feature_keys"]) == 1 and report["feature_keys"][0]["detectors"] == ["univfd", "ns_net"]
     assert report["encoder_images_saved_by_sharing"] == report["feature_keys"][0]["images_encoded"] > 0
-    alone = nodes.encode_shared_features(manifest, data, conditions, {"model": univfd})
+    alone = nodes.encode_shared_features(manifest, data, conditions, {}, {"model": univfd})
     for key, tensor in alone["caches"]["univfd"].items():
         assert torch.equal(tensor, shared["caches"]["ns_net"][key]), key

@@ -83,6 +83,23 @@ def test_mlflow_runs_have_params_metrics_artifacts_and_registered_models(trained
         assert client.get_model_version_by_alias(f"genguard-{method}", "champion").version == version.version
 
 
+def test_the_backbone_prior_is_built_once_registered_and_embeds_images(trained):
+    """Four detector pipelines name the same LiT prior: the first builds it, the others find it cached."""
+    client = _client(trained)
+    versions = client.search_model_versions("name = 'genguard-lit-effnet-lite0'")
+    assert len(versions) == 1
+    run = client.get_run(versions[0].run_id)
+    metrics = run.data.metrics
+    assert run.info.run_name == "backbone_prior" and "mlflow.parentRunId" in run.data.tags
+    assert metrics["backbone_prior/retrieval_train"] > 5 * metrics["backbone_prior/retrieval_chance"]
+    for method in METHODS:
+        summary = json.loads((trained / "data" / "08_reporting" / method / "train_summary.json").read_text())
+        assert summary["backbone_prior"]["built"] is (method == METHODS[0])
+    embedder = mlflow.pyfunc.load_model(f"models:/genguard-lit-effnet-lite0/{versions[0].version}")
+    embeddings = embedder.predict(np.full((2, 64, 64, 3), 128, dtype=np.uint8))
+    assert embeddings.shape == (2, 1280) and np.isfinite(embeddings).all()
+
+
 @pytest.mark.parametrize("method", ["pin_clip", "ns_net", "dgs_net"])
 def test_registered_champion_loads_back_and_reproduces_pipeline_scores(trained, method):
     """Includes NS-Net, which classifies with each image's caption: the model captions the images itself."""
@@ -168,16 +185,23 @@ def test_same_seed_same_data_gives_identical_metrics(trained, tmp_path):
 
     conf = trained / "conf"
     params = yaml.safe_load((conf / "base" / "parameters_pin_clip.yml").read_text())["pin_clip"]
-    data = yaml.safe_load((conf / "base" / "parameters.yml").read_text())["data"]
+    base = yaml.safe_load((conf / "base" / "parameters.yml").read_text())
+    data, prior_params = base["data"], base["backbone_prior"]
+    # the test world's prior (conf/test), which the pipeline runs above built
+    params["model"]["backbone"].update(
+        yaml.safe_load((conf / "test" / "parameters_pin_clip.yml").read_text())["pin_clip"]["model"]["backbone"])
     params["train"].update(epochs=2, batch_size=16)
     manifest = pd.read_parquet(trained / "data" / "03_primary" / "pin_clip" / "manifest.parquet")
     os.chdir(trained)
     try:
         runs = []
+        nodes.prepare_backbone(manifest, params["model"], prior_params)  # the runs on other data rebuilt it
         for attempt in range(2):
+            prior = nodes.prepare_backbone(manifest, params["model"], prior_params)
+            assert not prior["built"]  # same data, same recipe: found by its key
             features = nodes.cache_features(manifest, params["model"], data)
             detector, _ = nodes.train_detector(manifest, features, params["model"], params["train"], params["augment"],
-                                               data, str(tmp_path / f"ckpt{attempt}"))
+                                               data, str(tmp_path / f"ckpt{attempt}"), prior)
             _, summary, *_ = nodes.evaluate_detector(detector, manifest, features, {"conditions": []}, data)
             runs.append(summary)
     finally:

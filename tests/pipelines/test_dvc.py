@@ -34,8 +34,14 @@ def clone(tmp_path_factory):
         shutil.copy(override, path / "conf" / "local" / override.name)
     local = path / "conf" / "local" / "parameters.yml"
     tiny = yaml.safe_load(local.read_text())
-    tiny["data"]["embedded"].pop("out_dir")  # keep the folder dvc.yaml names as the stage's out
+    tiny["data"]["embedded"].pop("out_dir")  # keep the folders dvc.yaml names as the stage's outs
+    tiny.pop("backbone_prior")
     local.write_text(yaml.safe_dump(tiny))
+    for method in ("pin_clip", "univfd", "ns_net", "dgs_net"):  # ... and the one prior every detector reads
+        detector = path / "conf" / "local" / f"parameters_{method}.yml"
+        params = yaml.safe_load(detector.read_text())
+        params[method]["model"]["backbone"].pop("pretrained")
+        detector.write_text(yaml.safe_dump(params))
     face = path / "conf" / "local" / "parameters_face_data.yml"
     tiny_face = yaml.safe_load(face.read_text())
     tiny_face["face_data"]["embedded"].pop("out_dir")

@@ -1,10 +1,14 @@
 """The profiles differ by configuration only: conf/gpu merges key by key over conf/base."""
 
+from pathlib import Path
+
 import pytest
 from kedro.config import OmegaConfigLoader
 
 from genguard import settings
 from genguard.families.aigi.methods.pin_clip import PiNCLIPConfig
+from genguard.models.backbones import BackboneSpec
+from genguard.pipelines.aigi.stages import PRIOR_DIR
 from genguard.training import TrainConfig
 
 from .conftest import ROOT
@@ -38,7 +42,8 @@ def test_gpu_profile_for_ns_net_and_dgs_net_is_the_papers_setup():
     base, gpu = _params("base"), _params("gpu")
     for method, config in (("ns_net", NSNetConfig), ("dgs_net", DGSNetConfig)):
         params = gpu[method]
-        assert params["model"]["backbone"] == {"name": "ViT-L-14-quickgelu", "pretrained": "openai"}
+        backbone = BackboneSpec.from_dict(params["model"]["backbone"])  # base's embedded image_size dropped
+        assert (backbone.name, backbone.pretrained, backbone.extra) == ("ViT-L-14-quickgelu", "openai", {})
         options = config.from_dict(params["model"]["options"])
         assert options.patch_selection["patch_size"] * options.patch_selection["grid"] == 224
         assert TrainConfig.from_dict(params["train"]).backend == "deepspeed"
@@ -52,9 +57,14 @@ def test_gpu_profile_for_ns_net_and_dgs_net_is_the_papers_setup():
 @pytest.mark.parametrize("env", ["base", "test"])
 def test_embedded_profiles_train_in_process(env):
     params = _params(env)
+    prior = params["backbone_prior"]["backbone"]
+    assert prior["name"] == "genguard-lit-effnet-lite0"
+    if env == "base":
+        assert str(Path(prior["pretrained"]).parent) == PRIOR_DIR  # the data stage's DVC output
     for method in ("pin_clip", "univfd", "ns_net", "dgs_net"):
         assert TrainConfig.from_dict(params[method]["train"]).backend == "torch"
-        assert params[method]["model"]["backbone"]["name"].startswith("genguard-tiny-vit")
+        # every AIGI detector of the embedded default reads the one prior aigi_data builds
+        assert {k: params[method]["model"]["backbone"][k] for k in ("name", "pretrained")} == prior
 
 
 def test_every_gpu_backbone_uses_the_activation_its_weights_were_trained_with():
@@ -87,7 +97,8 @@ def test_gpu_profile_for_the_face_detectors_is_the_papers_protocol():
     assert FramePolicy(**data["frames"]).crop_size == 224
     for method, config in (("effort", EffortConfig), ("selop", SeLopConfig), ("masm", MASMConfig)):
         params = gpu[method]
-        assert params["model"]["backbone"] == {"name": "ViT-L-14-quickgelu", "pretrained": "openai"}
+        backbone = BackboneSpec.from_dict(params["model"]["backbone"])  # base's embedded image_size dropped
+        assert (backbone.name, backbone.pretrained, backbone.extra) == ("ViT-L-14-quickgelu", "openai", {})
         config.from_dict(params["model"]["options"])  # every option is a known one
         train = TrainConfig.from_dict(params["train"])
         assert train.backend == "deepspeed" and "bf16" in train.deepspeed["config_file"]

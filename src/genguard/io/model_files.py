@@ -42,7 +42,8 @@ def storable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model_dir(model: torch.nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    config = {"format_version": FORMAT_VERSION, "init_spec": model.init_spec, "extra": extra or {}}
+    init_spec = model.stored_init_spec() if hasattr(model, "stored_init_spec") else model.init_spec
+    config = {"format_version": FORMAT_VERSION, "init_spec": init_spec, "extra": extra or {}}
     with atomic_dir(out_dir) as tmp:
         save_file(storable_state(model), str(tmp / WEIGHTS_FILE))
         write_json_atomic(tmp / CONFIG_FILE, config)
@@ -90,11 +91,16 @@ def load_cached_model(model_dir: str | Path, cache_key: str) -> ModelFiles | Non
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Any = "state") -> None:
-    """Load stored weights; only the frozen *pretrained* towers' weights may be absent (rebuilt from spec)."""
+    """Load stored weights; only the frozen *pretrained* towers' weights may be absent (rebuilt from the spec
+    or from the package that ships them)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     pretrained = bool((getattr(model, "init_spec", {}).get("backbone") or {}).get("pretrained"))
     prefixes = tuple(getattr(model, "frozen_pretrained_prefixes", ()))
-    not_rebuildable = [k for k in missing if not (pretrained and prefixes and k.startswith(prefixes))]
+    # weights an installed package ships (marked ``weights_from_package`` on the submodule) are rebuilt too
+    shipped = tuple(f"{name}." for name, module in model.named_modules()
+                    if name and getattr(module, "weights_from_package", None))
+    not_rebuildable = [k for k in missing if not ((pretrained and prefixes and k.startswith(prefixes))
+                                                  or (shipped and k.startswith(shipped)))]
     if unexpected or not_rebuildable:
         raise ValueError(f"{source}: weights do not match the model "
                          f"(missing {not_rebuildable[:5]}, unexpected {unexpected[:5]})")

@@ -3,7 +3,10 @@
 The embedded default uses ``genguard-tiny-vit`` (configs/genguard-tiny-vit.json: 64-px ViT, 2 layers,
 width 64, random init) so every CLIP method runs on a CPU in seconds. The paper-scale profile names
 ``ViT-L-14-quickgelu`` with ``pretrained: openai`` (an open_clip tag, fetched into the hub cache) or a
-local checkpoint file. Both go through :func:`create_backbone`, so the method code never branches on size.
+local checkpoint file. Both go through :func:`create_backbone`, so the method code never branches on size. A config with
+``"kind": "lit"`` (``genguard-lit-effnet-lite0``) builds the offline *pretrained* pair of
+``genguard.models.lit`` instead, behind the same entry points (``encode_image``, ``encode_prompts``,
+``visual``, ``embed_dim``, ``add_lora``/``merge_lora``).
 
 Activation check: OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)); open_clip's
 plain ``ViT-L-14`` config builds ``nn.GELU`` and only *warns* when given those weights, so every feature
@@ -14,12 +17,16 @@ mismatch (open_clip's pretrained table records ``quick_gelu`` per weight tag) an
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from genguard.models.lit import LiTBackbone, LiTConfig
+from genguard.models.lora import LoRAConfig, add_lora, merge_lora
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -33,7 +40,8 @@ def _register_project_configs() -> None:
     import open_clip
 
     for config in sorted(_CONFIG_DIR.glob("*.json")):
-        open_clip.add_model_config(config)
+        if json.loads(config.read_text()).get("kind") != "lit":  # not an open_clip architecture
+            open_clip.add_model_config(config)
     _registered = True
 
 
@@ -50,7 +58,10 @@ class BackboneSpec:
     def from_dict(cls, cfg: dict | None) -> BackboneSpec:
         from genguard.config import dataclass_from_dict
 
-        return dataclass_from_dict(cls, cfg, "backbone")
+        values = dict(cfg or {})
+        if values.get("extra", {}) is None:  # `extra: null` in a profile drops the base profile's options
+            values.pop("extra")
+        return dataclass_from_dict(cls, values, "backbone")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,8 +141,30 @@ class CLIPBackbone(nn.Module):
             parameter.requires_grad_(False)
         return self
 
+    def add_lora(self, config: LoRAConfig) -> list[nn.Parameter]:
+        """LoRA on q, k, v of every attention of the image tower (``genguard.models.lora``)."""
+        return add_lora(self.visual, config)
 
-def create_backbone(spec: BackboneSpec | dict | None = None) -> CLIPBackbone:
+    def merge_lora(self) -> None:
+        merge_lora(self.visual)
+
+
+#: What detectors hold: either kind answers encode_image / encode_prompts / add_lora / merge_lora.
+Backbone = CLIPBackbone | LiTBackbone
+
+
+def backbone_config(name: str) -> dict | None:
+    """A project config (``configs/<name>.json``), or None for open_clip's own names."""
+    path = _CONFIG_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def create_backbone(spec: BackboneSpec | dict | None = None) -> Backbone:
+    """Every backbone is built here: ``"kind": "lit"`` configs are the offline pretrained pair
+    (``genguard.models.lit``), everything else an open_clip model."""
     if not isinstance(spec, BackboneSpec):
         spec = BackboneSpec.from_dict(spec)
+    config = backbone_config(spec.name) or {}
+    if config.get("kind") == "lit":
+        return LiTBackbone(spec, LiTConfig.from_dict(config))
     return CLIPBackbone(spec)

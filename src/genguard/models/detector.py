@@ -66,19 +66,41 @@ class BinaryDetector(Trainable):
 
     # --- persistence --------------------------------------------------------------------------
     def storable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights to save. A *pretrained* backbone's frozen weights are rebuilt from its spec
-        (open_clip tag or local file), so only what training changed is stored; a random-init
-        backbone is stored whole (its init is seeded, but storing it keeps files self-contained)."""
+        """Weights to save: what a rebuild from :meth:`stored_init_spec` cannot reproduce.
+
+        * Submodules whose weights ship in an installed package (``weights_from_package``: the offline
+          prior's EfficientNet trunk and MiniLM encoder) are rebuilt from it, so only their trainable
+          parameters (adapters) are stored; the prior's own small tensors (projection, centre) are.
+        * A *pretrained* open_clip backbone's frozen weights are rebuilt from its spec (open_clip tag or
+          local file), so only what training changed is stored; a random-init backbone is stored whole
+          (its init is seeded, but storing it keeps files self-contained).
+        """
         state = self.state_dict()
-        spec = self.init_spec.get("backbone") or {}
-        if not spec.get("pretrained"):
-            return state
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in state.items() if not k.startswith(self.frozen_pretrained_prefixes) or k in trainable}
+        drop = package_weight_prefixes(self)
+        spec = self.init_spec.get("backbone") or {}
+        if spec.get("pretrained") and not getattr(getattr(self, "backbone", None), "prior_in_weights", False):
+            drop += self.frozen_pretrained_prefixes
+        if not drop:
+            return state
+        return {k: v for k, v in state.items() if not k.startswith(drop) or k in trainable}
+
+    def stored_init_spec(self) -> dict[str, Any]:
+        """The spec a model folder records: a backbone whose prior travels in the weights
+        (``prior_in_weights``) is rebuilt without its prior file, so the folder loads anywhere."""
+        if not getattr(getattr(self, "backbone", None), "prior_in_weights", False):
+            return self.init_spec
+        return {**self.init_spec, "backbone": {**(self.init_spec.get("backbone") or {}), "pretrained": None}}
 
     def prepare_for_inference(self) -> BinaryDetector:
         """Hook for merging adapters etc.; called once after loading for prediction."""
         return self.eval()
+
+
+def package_weight_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of submodules whose weights an installed package ships (rebuilt, not stored)."""
+    return tuple(f"{name}." for name, module in model.named_modules()
+                 if name and getattr(module, "weights_from_package", None))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -257,6 +257,14 @@ class DetectorFamilyStages:
     data_stage_params: list[dict[str, list[str]]]
     data_stage_extra_outs: tuple[Any, ...] = ()
     plot_metric: str = "acc"
+    prior_out: str | None = None           # a pretrained prior the data stage builds and every detector reads
+    extra_pipeline_files: tuple[str, ...] = ()  # relative to pipeline_dir, read by every detector
+
+    def _prior(self) -> list[str]:
+        return [self.prior_out] if self.prior_out else []
+
+    def _pipeline_files(self) -> list[str]:
+        return [f"{self.pipeline_dir}/{name}" for name in ("nodes.py", "pipeline.py", *self.extra_pipeline_files)]
 
     def _shared(self) -> list[str]:
         return [f"{self.family_dir}/{name}" for name in self.shared_family_files]
@@ -264,9 +272,9 @@ class DetectorFamilyStages:
     def _detector(self, method: str, core: list[str]) -> dict[str, Any]:
         return {
             "cmd": f"kedro run --pipelines={method}",
-            "deps": [self.dataset_out, *core, *self._shared(), f"{self.family_dir}/methods/{self.module_files[method]}",
-                     f"{self.pipeline_dir}/nodes.py", f"{self.pipeline_dir}/pipeline.py", SHARED_PIPELINE_FILE,
-                     "conf/base/catalog.yml"],
+            "deps": [self.dataset_out, *self._prior(), *core, *self._shared(),
+                     f"{self.family_dir}/methods/{self.module_files[method]}", *self._pipeline_files(),
+                     SHARED_PIPELINE_FILE, "conf/base/catalog.yml"],
             "params": [self.data_params, {f"conf/base/parameters_{method}.yml": [method]}],
             "outs": [f"data/03_primary/{method}", f"data/04_feature/{method}", f"data/06_models/{method}",
                      f"data/07_model_output/{method}"],
@@ -279,10 +287,9 @@ class DetectorFamilyStages:
         out: dict[str, dict[str, Any]] = {
             self.data_pipeline: {
                 "cmd": f"kedro run --pipelines={self.data_pipeline}",
-                "deps": [*core, *self._shared(), f"{self.pipeline_dir}/nodes.py", f"{self.pipeline_dir}/pipeline.py",
-                         SHARED_PIPELINE_FILE],
+                "deps": [*core, *self._shared(), *self._pipeline_files(), SHARED_PIPELINE_FILE],
                 "params": self.data_stage_params,
-                "outs": [self.dataset_out, *self.data_stage_extra_outs],
+                "outs": [self.dataset_out, *self._prior(), *self.data_stage_extra_outs],
             }
         }
         for method in self.detectors:
@@ -290,8 +297,8 @@ class DetectorFamilyStages:
         bench, report = self.benchmark_pipeline, f"data/08_reporting/{self.benchmark_pipeline}"
         out[bench] = {
             "cmd": f"kedro run --pipelines={bench}",
-            "deps": [self.dataset_out, *core, self.family_dir, self.pipeline_dir, SHARED_PIPELINE_FILE,
-                     "conf/base/catalog.yml"],
+            "deps": [self.dataset_out, *self._prior(), *core, self.family_dir, self.pipeline_dir,
+                     SHARED_PIPELINE_FILE, "conf/base/catalog.yml"],
             "params": [self.data_params, {f"conf/base/parameters_{bench}.yml": [bench]},
                        *({f"conf/base/parameters_{method}.yml": [method]} for method in self.detectors)],
             "outs": [f"data/03_primary/{bench}", f"{report}/leaderboard.csv", f"{report}/leaderboard.md",

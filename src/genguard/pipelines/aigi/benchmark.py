@@ -43,13 +43,20 @@ def benchmark_conditions(benchmark: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ shared features
+def prepare_backbones(manifest: pd.DataFrame, backbone_prior: dict[str, Any],
+                      *detector_params: dict[str, Any]) -> dict[str, Any]:
+    """Every prior the detectors' backbones name, built (or found cached) once, by method."""
+    return {params["model"]["method"]: detector_nodes.prepare_backbone(manifest, params["model"], backbone_prior)
+            for params in detector_params}
+
+
 def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchmark: dict[str, Any],
-                           *detector_params: dict[str, Any]) -> dict[str, Any]:
+                           backbone_priors: dict[str, Any], *detector_params: dict[str, Any]) -> dict[str, Any]:
     """One feature cache per distinct frozen (backbone, preprocessing, training augmentation), handed to
     every detector using it (``detector_params``: each detector's parameter block).
 
-    Returns ``{"caches": {detector: cache}, "report": {...}}``; the report counts the encoder
-    passes the sharing saved (what per-detector caching would have spent on top).
+    Returns ``{"caches": {detector: cache}, "priors": backbone_priors, "report": {...}}``; the report
+    counts the encoder passes the sharing saved (what per-detector caching would have spent on top).
     """
     conditions = benchmark_conditions(benchmark)
     caches: dict[str, dict[str, torch.Tensor]] = {}
@@ -62,7 +69,8 @@ def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchma
         preprocess = detector_nodes.preprocess_for(detector, data)
         bank = AugmentConfig.from_dict(augment)
         recipe = {k: v for k, v in asdict(bank).items() if k != "hflip"} if bank.bank else None
-        key = fingerprint(detector.init_spec.get("backbone"), preprocess.to_dict(), recipe)
+        prior_key = (backbone_priors.get(model["method"]) or {}).get("key")
+        key = fingerprint(detector.init_spec.get("backbone"), prior_key, preprocess.to_dict(), recipe)
         entry = by_key.get(key)
         if entry is None:
             started = time.perf_counter()
@@ -82,7 +90,7 @@ def encode_shared_features(manifest: pd.DataFrame, data: dict[str, Any], benchma
               "encoder_images_saved_by_sharing": sum((len(e["detectors"]) - 1) * e["images_encoded"]
                                                       for e in by_key.values())}
     log.info("shared feature store: %s", report)
-    return {"caches": caches, "report": report}
+    return {"caches": caches, "priors": backbone_priors, "report": report}
 
 
 # ------------------------------------------------------------------------------ one detector
@@ -102,7 +110,8 @@ def benchmark_detector(manifest: pd.DataFrame, shared: dict[str, Any], params: d
     with detection.child_run(BENCHMARK, benchmark.get("experiment", "genguard"), method, logged):
         started = time.perf_counter()
         trained, summary = detector_nodes.train_detector(manifest, features, model, params["train"],
-                                                         params.get("augment") or {}, data, checkpoint_dir)
+                                                         params.get("augment") or {}, data, checkpoint_dir,
+                                                         (shared.get("priors") or {}).get(method))
         scores, metrics, _headline, table, figures, _roc = detector_nodes.evaluate_detector(
             trained, manifest, features, evaluation, data)
         log_evaluation(metrics, table, figures, group_column=GROUP)  # test/mean_acc, test_<condition>/mean_acc, ...

@@ -28,6 +28,7 @@ from genguard.families.aigi.captions import captions_for
 from genguard.families.aigi.inference import CaptionedDetector, as_trained_detector, fake_probability
 from genguard.io.model_files import ModelFiles
 from genguard.pipelines import detection
+from genguard.pipelines.aigi.prior import ensure_backbone_prior
 from genguard.pipelines.detection import encode_rows, feature_rows, has_features, roc_records, sha_tensor
 from genguard.tracking.callbacks import MlflowEpochLogger
 from genguard.training import TrainConfig, count_parameters, fingerprint
@@ -73,6 +74,16 @@ def caption_features(detector: Detector, frame: pd.DataFrame, data: dict[str, An
     return {"text_features": detector.encode_captions(captions_for(frame, data.get("captions")))}
 
 
+def prepare_backbone(manifest: pd.DataFrame, model: dict[str, Any], backbone_prior: dict[str, Any]) -> dict[str, Any]:
+    """The aligned prior the detector's backbone names, built (or found cached) before it loads."""
+    return ensure_backbone_prior(manifest, model.get("backbone"), backbone_prior)
+
+
+def prepare_default_backbone(manifest: pd.DataFrame, backbone_prior: dict[str, Any]) -> dict[str, Any]:
+    """``aigi_data``: the prior the embedded default's detectors name (``backbone_prior.backbone``)."""
+    return ensure_backbone_prior(manifest, backbone_prior.get("backbone"), backbone_prior)
+
+
 def build_from_params(model: dict[str, Any]) -> Detector:
     return build_detector(model["method"], backbone=model.get("backbone"), **(model.get("options") or {}))
 
@@ -80,7 +91,8 @@ def build_from_params(model: dict[str, Any]) -> Detector:
 # ----------------------------------------------------------------------------------- features
 def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str, Any],
                    conditions: list[str] | tuple[str, ...] = (), augment: dict[str, Any] | None = None,
-                   detector: Detector | None = None) -> dict[str, torch.Tensor]:
+                   backbone_prior: dict[str, Any] | None = None, detector: Detector | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Frozen backbones: encode every row once; training and evaluation reuse it.
 
     Clean features cover every split (key ``features``); each test-time condition in ``conditions``
@@ -88,7 +100,8 @@ def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str
     augmented copies of each training row are encoded too (``features@bank``, [K, N, d]: UnivFD's
     training recipe without losing the cache). Rows are keyed by sha256 so the cache stays valid
     whatever order later nodes read it in. Returns empty tensors for methods that fine-tune the
-    backbone. ``detector``: one already built from ``model`` (not rebuilt).
+    backbone. ``backbone_prior``: the report of ``prepare_backbone`` (it runs first: the backbone loads
+    the prior). ``detector``: one already built from ``model`` (not rebuilt).
     """
     detector = detector if detector is not None else build_from_params(model)
     if not detector.frozen_backbone:
@@ -114,11 +127,14 @@ def cache_features(manifest: pd.DataFrame, model: dict[str, Any], data: dict[str
 # ------------------------------------------------------------------------------------ training
 def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], model: dict[str, Any],
                    train: dict[str, Any], augment: dict[str, Any], data: dict[str, Any],
-                   checkpoint_dir: str) -> tuple[CaptionedDetector, dict[str, Any]]:
+                   checkpoint_dir: str, backbone_prior: dict[str, Any] | None = None
+                   ) -> tuple[CaptionedDetector, dict[str, Any]]:
     """Build the detector (seeded), then one training-loop run per stage (most methods: one).
 
     Stage ``s`` of a multi-stage method checkpoints under ``checkpoint_dir/s`` and logs its curves
     to MLflow as ``s/...``; the last stage logs plain ``train/*``/``val/*`` and picks the champion.
+    ``backbone_prior``: the prior's report; its key joins the checkpoint fingerprint (a rebuilt prior at
+    the same path never resumes an old run) and the summary.
     """
     config = TrainConfig.from_dict(train)
     # Heads, adapters and noise generators are initialised from the global RNG: seed it here, or
@@ -139,7 +155,8 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
         train_set = ManifestImages(frames["train"], preprocess, hflip=recipe.hflip, train=True, extras=train_extras)
         val_set = ManifestImages(frames["val"], preprocess, extras=val_extras)
     data_key = fingerprint(sorted(frames["train"]["sha256"]), sorted(frames["val"]["sha256"]),
-                           preprocess.to_dict(), data.get("captions"), augment)
+                           preprocess.to_dict(), data.get("captions"), augment,
+                           (backbone_prior or {}).get("key"))
     log.info("training %s on %d images (val %d) with the %s backend", model["method"], len(train_set),
              len(val_set), config.backend)
 
@@ -151,7 +168,9 @@ def train_detector(manifest: pd.DataFrame, features: dict[str, torch.Tensor], mo
                "stages": stages,
                "resumed_from_epoch": resumed, "seconds": seconds,
                "n_train": len(train_set), "n_val": len(val_set), "backend": config.backend,
-               "trainable_parameters": count_parameters(detector)}
+               "trainable_parameters": count_parameters(detector),
+               "backbone_prior": {k: v for k, v in (backbone_prior or {}).items()
+                                  if k in ("prior", "key", "built", "retrieval_train", "retrieval_held_out")}}
     extra: dict[str, Any] = {"best": result.best}
     if detector.uses_captions:
         extra["captions"] = data.get("captions") or {"kind": "template"}

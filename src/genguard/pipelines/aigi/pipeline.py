@@ -1,7 +1,8 @@
 """AIGI pipelines: the detector template (one namespaced instance per detector), ``aigi_data`` and
 ``aigi_benchmark``. Wiring only: the nodes live in ``nodes.py`` and ``benchmark.py``.
 
-detector: ingest -> validate -> cache_features (frozen backbones only) -> train -> evaluate -> register.
+detector: ingest -> validate -> prepare_backbone (the LiT prior, built once and cached) -> cache_features
+(frozen backbones only) -> train -> evaluate -> register.
 ``params:data`` stays un-namespaced so every detector reads the same data block and
 ``kedro run --pipelines=<any detector> --params=data.source=/my/folder`` works as typed.
 """
@@ -29,11 +30,13 @@ def data_nodes() -> list[Node]:
 def detector_template() -> Pipeline:
     return Pipeline([
         *data_nodes(),
+        Node(nodes.prepare_backbone, ["manifest", "params:model", "params:backbone_prior"], "backbone_prior",
+             name="prepare_backbone"),
         Node(nodes.cache_features, ["manifest", "params:model", "params:data", "params:evaluation.conditions",
-                                    "params:augment"], "features", name="cache_features"),
+                                    "params:augment", "backbone_prior"], "features", name="cache_features"),
         Node(nodes.train_detector,
              ["manifest", "features", "params:model", "params:train", "params:augment", "params:data",
-              "params:checkpoint_dir"],
+              "params:checkpoint_dir", "backbone_prior"],
              ["model", "train_summary"], name="train"),
         Node(nodes.evaluate_detector, ["model", "manifest", "features", "params:evaluation", "params:data"],
              ["scores", "evaluation", "metrics", "per_generator", "plots", "roc"], name="evaluate"),
@@ -43,13 +46,20 @@ def detector_template() -> Pipeline:
     ])
 
 
+SHARED_PARAMS = {"params:data": "params:data", "params:backbone_prior": "params:backbone_prior"}
+
+
 def detector_pipeline(method: str) -> Pipeline:
-    return Pipeline(detector_template(), namespace=method, parameters={"params:data": "params:data"})
+    return Pipeline(detector_template(), namespace=method, parameters=SHARED_PARAMS)
 
 
 def data_pipeline() -> Pipeline:
-    """Build + validate the dataset on its own (its own DVC stage); detectors then find it cached."""
-    return Pipeline(data_nodes(), namespace=DATA_PIPELINE, parameters={"params:data": "params:data"})
+    """Build + validate the dataset and the embedded default's prior on their own (one DVC stage);
+    detectors then find both cached."""
+    return Pipeline([*data_nodes(),
+                     Node(nodes.prepare_default_backbone, ["manifest", "params:backbone_prior"], "backbone_prior",
+                          name="prepare_backbone")],
+                    namespace=DATA_PIPELINE, parameters=SHARED_PARAMS)
 
 
 def benchmark_pipeline(detectors: Sequence[str] = DETECTORS) -> Pipeline:
@@ -62,8 +72,10 @@ def benchmark_pipeline(detectors: Sequence[str] = DETECTORS) -> Pipeline:
     blocks = [f"params:{d}" for d in detectors]
     wiring = Pipeline([
         *data_nodes(),
-        Node(benchmark.encode_shared_features, ["manifest", "params:data", config, *blocks], "shared_features",
-             name="encode_shared_features"),
+        Node(benchmark.prepare_backbones, ["manifest", "params:backbone_prior", *blocks], "backbone_priors",
+             name="prepare_backbones"),
+        Node(benchmark.encode_shared_features, ["manifest", "params:data", config, "backbone_priors", *blocks],
+             "shared_features", name="encode_shared_features"),
         *[Node(benchmark.benchmark_detector, ["manifest", "shared_features", f"params:{d}", "params:data", config],
                f"results_{d}", name=f"benchmark_{d}") for d in detectors],
         Node(benchmark.build_leaderboard,
@@ -71,7 +83,7 @@ def benchmark_pipeline(detectors: Sequence[str] = DETECTORS) -> Pipeline:
              ["leaderboard", "leaderboard_md", "leaderboard_plots", "leaderboard_metrics", "leaderboard_plot"],
              name="leaderboard"),
     ])
-    global_params = {"params:data", config, *blocks}
+    global_params = {"params:data", "params:backbone_prior", config, *blocks}
     return Pipeline(wiring, namespace=BENCHMARK_PIPELINE, parameters={name: name for name in global_params})
 
 

@@ -9,6 +9,8 @@ from genguard.families.aigi.methods import MODULE_FILES
 from genguard.pipelines.aigi.pipeline import BENCHMARK_PIPELINE, DATA_PIPELINE
 from genguard.pipelines.detection import DetectorFamilyStages
 
+PRIOR_DIR = "data/06_models/priors/genguard-lit-effnet-lite0"  # conf/base: backbone_prior.backbone.pretrained
+
 STAGES = DetectorFamilyStages(
     family_dir="src/genguard/families/aigi",
     pipeline_dir="src/genguard/pipelines/aigi",
@@ -21,8 +23,10 @@ STAGES = DetectorFamilyStages(
     data_params={"conf/base/parameters.yml": ["data"]},
     data_pipeline=DATA_PIPELINE,
     benchmark_pipeline=BENCHMARK_PIPELINE,
-    data_stage_params=[{"conf/base/parameters.yml": ["data.embedded"]}],
+    data_stage_params=[{"conf/base/parameters.yml": ["data.embedded", "backbone_prior"]}],
     plot_metric="acc",
+    prior_out=PRIOR_DIR,
+    extra_pipeline_files=("prior.py",),
 )
 
 

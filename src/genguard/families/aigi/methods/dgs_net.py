@@ -51,8 +51,8 @@ from torch import nn
 from genguard.config import dataclass_from_dict
 from genguard.data.images import NORMALISATIONS, input_overrides
 from genguard.families.aigi.detector import Detector
-from genguard.models.backbones import CLIPBackbone, create_backbone
-from genguard.models.lora import LoRAConfig, add_lora, merge_lora
+from genguard.models.backbones import Backbone, create_backbone
+from genguard.models.lora import LoRAConfig
 
 STAGES = ("teacher", "student")
 
@@ -98,13 +98,13 @@ class DGSNet(Detector):
     uses_captions = True
     frozen_pretrained_prefixes = ("backbone.", "teacher_encoder.")
 
-    def __init__(self, backbone: CLIPBackbone, config: DGSNetConfig, init_spec: dict) -> None:
+    def __init__(self, backbone: Backbone, config: DGSNetConfig, init_spec: dict) -> None:
         super().__init__(init_spec)
         self.config = config
         self.backbone = backbone.freeze()
         # The teacher is the pre-trained image tower before any adaptation, never trained.
         self.teacher_encoder = copy.deepcopy(backbone.visual).requires_grad_(False).eval()
-        self.lora_parameters = add_lora(self.backbone.visual, LoRAConfig(config.lora_rank, config.lora_alpha,
+        self.lora_parameters = self.backbone.add_lora(LoRAConfig(config.lora_rank, config.lora_alpha,
                                                                          config.lora_scaling, config.lora_dropout))
         dim = backbone.embed_dim
         self.teacher_head = nn.Linear(dim, 1)
@@ -213,7 +213,7 @@ class DGSNet(Detector):
 
     # ------------------------------------------------------------------------------ storage
     def prepare_for_inference(self) -> DGSNet:
-        merge_lora(self.backbone.visual)
+        self.backbone.merge_lora()
         self.stage = "student"
         return self.eval()
 

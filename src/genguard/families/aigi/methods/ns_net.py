@@ -43,8 +43,8 @@ from torch import nn
 from genguard.config import dataclass_from_dict
 from genguard.data.images import NORMALISATIONS, input_overrides
 from genguard.families.aigi.detector import Detector
-from genguard.models.backbones import CLIPBackbone, create_backbone
-from genguard.models.lora import LoRAConfig, add_lora, merge_lora
+from genguard.models.backbones import Backbone, create_backbone
+from genguard.models.lora import LoRAConfig
 
 NS_MODES = ("per_sample", "global_svd")
 
@@ -127,13 +127,13 @@ def supervised_contrastive_loss(z: torch.Tensor, labels: torch.Tensor, temperatu
 class NSNet(Detector):
     uses_captions = True
 
-    def __init__(self, backbone: CLIPBackbone, config: NSNetConfig, init_spec: dict) -> None:
+    def __init__(self, backbone: Backbone, config: NSNetConfig, init_spec: dict) -> None:
         super().__init__(init_spec)
         self.config = config
         self.backbone = backbone.freeze()
         self.frozen_backbone = config.lora_rank == 0
         if not self.frozen_backbone:
-            add_lora(self.backbone.visual, LoRAConfig(config.lora_rank, config.lora_alpha, config.lora_scaling,
+            self.backbone.add_lora(LoRAConfig(config.lora_rank, config.lora_alpha, config.lora_scaling,
                                                   config.lora_dropout))
         dim = backbone.embed_dim
         self.projection_head = nn.Sequential(nn.Linear(dim, config.proj_hidden), nn.ReLU(),
@@ -234,7 +234,7 @@ class NSNet(Detector):
 
     def prepare_for_inference(self) -> NSNet:
         if not self.frozen_backbone:
-            merge_lora(self.backbone.visual)
+            self.backbone.merge_lora()
         return self.eval()
 
     def train(self, mode: bool = True) -> NSNet:

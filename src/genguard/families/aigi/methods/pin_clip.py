@@ -29,8 +29,8 @@ from torch import nn
 from genguard.config import dataclass_from_dict
 from genguard.data.images import NORMALISATIONS, input_overrides
 from genguard.families.aigi.detector import Detector
-from genguard.models.backbones import CLIPBackbone, create_backbone
-from genguard.models.lora import LoRAConfig, add_lora, merge_lora
+from genguard.models.backbones import Backbone, create_backbone
+from genguard.models.lora import LoRAConfig
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,11 @@ def gaussian_kl_to_prior(mean: torch.Tensor, sigma: torch.Tensor, prior_sigma: f
 class PiNCLIP(Detector):
     frozen_backbone = False
 
-    def __init__(self, backbone: CLIPBackbone, config: PiNCLIPConfig, init_spec: dict) -> None:
+    def __init__(self, backbone: Backbone, config: PiNCLIPConfig, init_spec: dict) -> None:
         super().__init__(init_spec)
         self.config = config
         self.backbone = backbone.freeze()
-        add_lora(self.backbone.visual, LoRAConfig(config.lora_rank, config.lora_alpha, config.lora_scaling,
+        self.backbone.add_lora(LoRAConfig(config.lora_rank, config.lora_alpha, config.lora_scaling,
                                                   config.lora_dropout))
         dim = backbone.embed_dim
         # Class-semantic features from the frozen text tower, computed once (they never change).
@@ -165,7 +165,7 @@ class PiNCLIP(Detector):
         ]
 
     def prepare_for_inference(self) -> PiNCLIP:
-        merge_lora(self.backbone.visual)
+        self.backbone.merge_lora()
         return self.eval()
 
 

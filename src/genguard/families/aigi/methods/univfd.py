@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from genguard.families.aigi.detector import Detector
-from genguard.models.backbones import CLIPBackbone, create_backbone
+from genguard.models.backbones import Backbone, create_backbone
 
 
 class UnivFD(Detector):
     frozen_backbone = True
 
-    def __init__(self, backbone: CLIPBackbone, init_spec: dict) -> None:
+    def __init__(self, backbone: Backbone, init_spec: dict) -> None:
         super().__init__(init_spec)
         self.backbone = backbone.freeze().eval()
         self.head = nn.Linear(backbone.embed_dim, 1)

@@ -19,12 +19,22 @@ from torch.utils.data import Dataset
 from genguard.data.loaders import collate
 
 
+def require_vit(visual: nn.Module) -> nn.Module:
+    """The face detectors decompose attention weights and read the CLS token: a ViT mechanism. The
+    offline pretrained pair (``genguard-lit-effnet-lite0``) has a CNN image tower with neither."""
+    if not hasattr(visual, "transformer"):
+        raise ValueError(f"the face detectors need a CLIP ViT image tower (they work on its attention weights "
+                         f"and CLS token); got {type(visual).__name__}. Use genguard-tiny-vit (embedded) or a "
+                         "CLIP ViT such as ViT-L-14-quickgelu")
+    return visual
+
+
 def transformer_blocks(visual: nn.Module) -> nn.ModuleList:
-    return visual.transformer.resblocks
+    return require_vit(visual).transformer.resblocks
 
 
 def width(visual: nn.Module) -> int:
-    return int(visual.transformer.width)
+    return int(require_vit(visual).transformer.width)
 
 
 def pooled_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
