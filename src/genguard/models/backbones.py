@@ -22,11 +22,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from genguard.models.lit import LiTBackbone, LiTConfig
 from genguard.models.lora import LoRAConfig, add_lora, merge_lora
+from genguard.registry import PREDICTORS
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -168,3 +170,31 @@ def create_backbone(spec: BackboneSpec | dict | None = None) -> Backbone:
     if config.get("kind") == "lit":
         return LiTBackbone(spec, LiTConfig.from_dict(config))
     return CLIPBackbone(spec)
+
+
+class BackbonePredictor:
+    """What a registered backbone's MLflow pyfunc does (``PREDICTORS["backbone"]``): images (uint8
+    [N, H, W, 3], PIL images, or a DataFrame with a ``path`` column) -> image embeddings, float32
+    [N, embed_dim]. The folder's ``genguard.json`` names the backbone and the file beside it that its
+    ``pretrained`` points to (e.g. the LiT prior)."""
+
+    def __init__(self, model_dir: str) -> None:
+        from genguard.data.images import Preprocess
+
+        marker = json.loads((Path(model_dir) / "genguard.json").read_text())
+        weights = marker.get("pretrained")
+        self.backbone = create_backbone({"name": marker["backbone"],
+                                         "pretrained": str(Path(model_dir) / weights) if weights else None}).eval()
+        self.preprocess = Preprocess(image_size=self.backbone.image_size, mean=self.backbone.image_mean,
+                                     std=self.backbone.image_std)
+
+    @torch.no_grad()
+    def predict(self, model_input: object) -> np.ndarray:
+        from genguard.data.images import image_inputs
+
+        images = image_inputs(model_input)
+        rows = [self.backbone.encode_image(self.preprocess.batch(images[i:i + 64])) for i in range(0, len(images), 64)]
+        return (torch.cat(rows).float().numpy() if rows else np.zeros((0, self.backbone.embed_dim), np.float32))
+
+
+PREDICTORS.register("backbone")(BackbonePredictor)

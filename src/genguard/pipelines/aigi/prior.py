@@ -47,7 +47,7 @@ from genguard.training import fingerprint
 
 log = logging.getLogger(__name__)
 CAPTION_SOURCES = ("template+imagenet", "template", "imagenet")
-MARKER = {"family": "lit_prior", "module": "genguard.models.lit"}
+MARKER = {"family": "backbone", "module": "genguard.models.backbones"}  # its pyfunc embeds images
 
 
 def alignment_rows(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def ensure_backbone_prior(manifest: pd.DataFrame, backbone: dict[str, Any] | Non
     report = build_lit_prior(model, images, captions, align, path, key=key,
                              extra_metadata={"backbone": spec.name, "images_sha256": fingerprint(sorted(rows["sha256"]))})
     report["build_seconds"] = round(time.perf_counter() - started, 3)
-    write_json_atomic(path.parent / "genguard.json", {**MARKER, "prior": path.name})
+    write_json_atomic(path.parent / "genguard.json", {**MARKER, "backbone": spec.name, "pretrained": path.name})
     write_json_atomic(path.parent / "alignment.json", {"key": key, "report": report, "align": asdict(align)})
     _track(path, report, params.get("registry") or {})
     return {"backbone": spec.name, "prior": str(path), "key": key, "built": True, **report}
