@@ -52,13 +52,16 @@ def test_towers_load_from_wheels_without_network(monkeypatch):
     assert pooled[0] @ pooled[1] > 0.9 > pooled[0] @ pooled[2]  # MiniLM's pretrained semantics
 
 
-def test_trunk_statistics_stay_frozen_in_train_mode(backbone):
-    model = create_backbone({"name": NAME})
+def test_frozen_towers_stay_in_inference_mode_in_train_mode(backbone):
+    model = create_backbone({"name": NAME})  # a new module is in training mode
     running = model.visual.trunk._bn1.running_mean.clone()
+    prompts = ["A real photo", "A fake photo"]
+    first = model.encode_prompts(prompts)  # MiniLM's dropout would make this random
     model.train()
     model.encode_image(_images(4))
     assert torch.equal(running, model.visual.trunk._bn1.running_mean)
-    assert not model.visual.trunk.training and model.training
+    assert torch.equal(first, model.encode_prompts(prompts))
+    assert not model.visual.trunk.training and not model.text.encoder.training and model.training
 
 
 def test_pointwise_lora_trains_only_adapters_and_merges_exactly():

@@ -213,6 +213,7 @@ class LiTBackbone(nn.Module):
         self.prior: dict[str, Any] = {}
         if spec.pretrained:
             self.prior = load_lit_prior(self, spec.pretrained)
+        self.train(self.training)  # modules start in training mode: put the frozen towers in inference mode
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
@@ -226,10 +227,13 @@ class LiTBackbone(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> LiTBackbone:
-        """Pretrained trunk statistics (BatchNorm, stochastic depth) stay in inference mode; LoRA's
-        dropout and the text tower follow ``mode``."""
+        """The pretrained towers stay in inference mode whatever ``mode`` says: the trunk's BatchNorm
+        statistics and stochastic depth, and MiniLM's dropout (0.1), which would otherwise make every
+        caption and prompt embedding a detector computes while training random. Only LoRA's dropout
+        follows ``mode``."""
         super().train(mode)
         self.visual.trunk.eval()
+        self.text.encoder.eval()
         for name, module in self.visual.trunk.named_modules():
             if "lora_dropout" in name:
                 module.train(mode)
