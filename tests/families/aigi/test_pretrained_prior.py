@@ -24,7 +24,7 @@ from genguard.data.images import Preprocess, load_rgb
 from genguard.families.aigi.embedded import build_default_aigi_dataset
 from genguard.models.backbones import create_backbone
 from genguard.models.lit import load_efficientnet_lite0
-from genguard.pipelines.aigi.prior import ensure_backbone_prior
+from genguard.pipelines.aigi.prior import alignment_rows, ensure_backbone_prior
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[3]
@@ -97,3 +97,12 @@ def test_aligned_pair_retrieves_its_training_captions_and_is_cached(default_worl
     with pytest.raises(ValueError, match="not a genguard LiT prior"):
         (tmp_path / "user.safetensors").write_bytes(b"x")
         ensure_backbone_prior(manifest, {"name": NAME, "pretrained": str(tmp_path / "user.safetensors")}, params)
+
+
+def test_the_prior_aligns_on_real_training_images_only_and_caps_big_folders(default_world):
+    manifest, _ = default_world
+    rows = alignment_rows(manifest)
+    assert set(rows["split"]) == {"train"} and set(rows["label"]) == {0}  # never a fake, never val/test
+    assert len(rows) == len(manifest[(manifest["split"] == "train") & (manifest["label"] == 0)])
+    capped = alignment_rows(manifest, 50)
+    assert len(capped) == 50 and capped["sha256"].tolist() == rows["sha256"].tolist()[:50]  # a fixed subset

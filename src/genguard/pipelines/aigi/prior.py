@@ -50,9 +50,13 @@ CAPTION_SOURCES = ("template+imagenet", "template", "imagenet")
 MARKER = {"family": "backbone", "module": "genguard.models.backbones"}  # its pyfunc embeds images
 
 
-def alignment_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+def alignment_rows(manifest: pd.DataFrame, max_images: int | None = None) -> pd.DataFrame:
+    """The real training rows, in sha256 order; the first ``max_images`` of them are a fixed pseudo-random
+    subset (a big folder aligns on a sample instead of holding every image in memory)."""
     rows = manifest[(manifest["split"] == "train") & (manifest["label"] == 0)]
     rows = rows.drop_duplicates("sha256").sort_values("sha256").reset_index(drop=True)
+    if max_images is not None:
+        rows = rows.iloc[:max_images]
     if rows.empty:
         raise ValueError("the LiT prior aligns on the real training images, and the manifest has none: "
                          "check data.source, or set the backbone's pretrained: null")
@@ -84,7 +88,7 @@ def ensure_backbone_prior(manifest: pd.DataFrame, backbone: dict[str, Any] | Non
     params = dict(params or {})
     align = AlignConfig.from_dict({**(params.get("align") or {}), "seed": spec.seed,
                                    "captions": params.get("captions", "template+imagenet")})
-    rows = alignment_rows(manifest)
+    rows = alignment_rows(manifest, params.get("max_images"))
     path = Path(spec.pretrained)
     # One prior per (config, data, recipe): detectors that run the tower at another input size
     # (``extra.image_size``) share it, so it is always aligned at the config's own size.
