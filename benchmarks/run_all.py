@@ -249,13 +249,16 @@ def bench_prior(repeats: int = 3) -> dict:
         create_backbone(spec)
         out["load_s"] = time.perf_counter() - started
         for label, backbone in {"lit96": spec, "tiny_vit64": {"name": "genguard-tiny-vit"}}.items():
-            out.update({f"{label}/{k}": v for k, v in _encoder_and_step(backbone, label == "lit96", repeats).items()})
+            out.update({f"{label}/{k}": v for k, v in _encoder_and_step(backbone, repeats).items()})
     out["lit_over_tiny_step"] = out["lit96/pin_clip_step_s"] / out["tiny_vit64/pin_clip_step_s"]
     return out
 
 
-def _encoder_and_step(backbone: dict, lit: bool, repeats: int) -> dict:
-    """Encoder images/s on a 256-image batch and one PiN-CLIP LoRA step (batch 32), best of ``repeats``."""
+def _encoder_and_step(backbone: dict, repeats: int) -> dict:
+    """Encoder images/s on a 256-image batch and one PiN-CLIP LoRA step (batch 32, conf/base options),
+    best of ``repeats``."""
+    import yaml
+
     from genguard.families.aigi import build_detector
     from genguard.models.backbones import create_backbone
 
@@ -265,7 +268,8 @@ def _encoder_and_step(backbone: dict, lit: bool, repeats: int) -> dict:
         encoder.encode_image(x)
         encode_s = min(_timed(lambda: encoder.encode_image(x)) for _ in range(repeats))
     torch.manual_seed(0)
-    model = build_detector("pin_clip", backbone=backbone, noise_heads=8 if lit else 2).train()
+    options = yaml.safe_load((ROOT / "conf/base/parameters_pin_clip.yml").read_text())["pin_clip"]["model"]["options"]
+    model = build_detector("pin_clip", backbone=backbone, **options).train()
     batch = {"image": x[:32], "label": torch.arange(32) % 2}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 

@@ -90,15 +90,20 @@ def load_cached_model(model_dir: str | Path, cache_key: str) -> ModelFiles | Non
         return None
 
 
+def package_weight_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of submodules whose weights an installed package ships (a submodule marked
+    ``weights_from_package``): rebuilt from the package on load, so a model folder need not store them."""
+    return tuple(f"{name}." for name, module in model.named_modules()
+                 if name and getattr(module, "weights_from_package", None))
+
+
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Any = "state") -> None:
     """Load stored weights; only the frozen *pretrained* towers' weights may be absent (rebuilt from the spec
     or from the package that ships them)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     pretrained = bool((getattr(model, "init_spec", {}).get("backbone") or {}).get("pretrained"))
     prefixes = tuple(getattr(model, "frozen_pretrained_prefixes", ()))
-    # weights an installed package ships (marked ``weights_from_package`` on the submodule) are rebuilt too
-    shipped = tuple(f"{name}." for name, module in model.named_modules()
-                    if name and getattr(module, "weights_from_package", None))
+    shipped = package_weight_prefixes(model)
     not_rebuildable = [k for k in missing if not ((pretrained and prefixes and k.startswith(prefixes))
                                                   or (shipped and k.startswith(shipped)))]
     if unexpected or not_rebuildable:

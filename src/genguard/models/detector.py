@@ -24,7 +24,7 @@ from PIL import Image
 
 from genguard.data.images import Preprocess, image_inputs
 from genguard.evaluation.metrics import sigmoid
-from genguard.io.model_files import ModelFiles, load_model_dir
+from genguard.io.model_files import ModelFiles, load_model_dir, package_weight_prefixes
 from genguard.training.trainable import Trainable
 
 
@@ -95,12 +95,6 @@ class BinaryDetector(Trainable):
     def prepare_for_inference(self) -> BinaryDetector:
         """Hook for merging adapters etc.; called once after loading for prediction."""
         return self.eval()
-
-
-def package_weight_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
-    """State-dict prefixes of submodules whose weights an installed package ships (rebuilt, not stored)."""
-    return tuple(f"{name}." for name, module in model.named_modules()
-                 if name and getattr(module, "weights_from_package", None))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -313,7 +313,7 @@ class AlignConfig:
 
 @torch.no_grad()
 def pooled_image_features(backbone: LiTBackbone, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    backbone.eval()
+    """Pooled trunk features (the trunk is in inference mode whatever the backbone's mode)."""
     return torch.cat([backbone.visual.pooled(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
@@ -345,7 +345,8 @@ def align(backbone: LiTBackbone, pooled: torch.Tensor, captions: Sequence[str], 
     if len(pooled) != len(captions):
         raise ValueError(f"{len(pooled)} images but {len(captions)} captions")
     distinct = sorted(set(captions))
-    caption_ids = torch.tensor([distinct.index(c) for c in captions])
+    position = {caption: i for i, caption in enumerate(distinct)}
+    caption_ids = torch.tensor([position[c] for c in captions])
     with torch.no_grad():
         text_pooled = torch.cat([backbone.text.pooled(distinct[i:i + 256]) for i in range(0, len(distinct), 256)])
     generator = torch.Generator().manual_seed(config.seed)
