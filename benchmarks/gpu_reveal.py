@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,12 @@ ZERO3 = str(ROOT / "conf/gpu/deepspeed/zero3_bf16_hf.json")
 
 
 def _bag_of_words(texts: list[str]) -> np.ndarray:
-    """A stand-in sentence embedder (the MiniLM wheel is too large to carry to the device)."""
+    """A stand-in sentence embedder (the MiniLM wheel is too large to carry to the device). crc32, not
+    hash(): Python salts str hashes per process, which would change the rewards from run to run."""
     vectors = np.zeros((len(texts), 256))
     for row, text in enumerate(texts):
         for word in text.lower().split():
-            vectors[row, hash(word) % 256] += 1
+            vectors[row, zlib.crc32(word.encode()) % 256] += 1
     return vectors
 
 

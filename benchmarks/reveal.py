@@ -103,34 +103,27 @@ def bench_steps(sft_steps: int = 24, grpo_steps: int = 6) -> dict[str, float]:
 
 
 def bench_generation(images: int = 64, tokens: int = 64, batch_size: int = 32, repeats: int = 3) -> dict[str, float]:
+    """New tokens/s of the trained GRPO policy vs the bare policy, both forced to the same length (best of
+    ``repeats``; each policy loaded once, its image batches prepared once)."""
     import torch
-    from transformers import AutoModelForImageTextToText
 
-    from genguard.families.vlm.policy import load_processor
-    from genguard.families.vlm.samples import open_image, prompt_messages
+    from genguard.families.vlm.evaluation import LoadedPolicy
 
     if not (MODELS / "grpo" / "config.json").is_file():
         raise SystemExit("run `kedro run --pipelines=reveal` first (needs data/06_models/reveal/grpo)")
     test = [r for r in _records() if r["split"] == "test"][:images]
     results: dict[str, float] = {}
     for name in ("policy", "grpo"):
-        processor = load_processor(MODELS / name)
-        processor.tokenizer.padding_side = "left"
-        model = AutoModelForImageTextToText.from_pretrained(str(MODELS / name)).eval()
-        batches = []
-        for start in range(0, len(test), batch_size):
-            chunk = test[start:start + batch_size]
-            texts = [processor.apply_chat_template(prompt_messages(r["prompt"]), add_generation_prompt=True)
-                     for r in chunk]
-            batches.append(processor(text=texts, images=[open_image(BENCH / r["image"]) for r in chunk],
-                                     return_tensors="pt", padding=True))
+        loaded = LoadedPolicy(MODELS / name)
+        batches = loaded.batches(test, BENCH, batch_size)
+        pad = loaded.processor.tokenizer.pad_token_id
         best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
             with torch.no_grad():
                 for batch in batches:
-                    model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                   pad_token_id=processor.tokenizer.pad_token_id)
+                    loaded.model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                          pad_token_id=pad)
             best = min(best, time.perf_counter() - started)
         results[f"{'bare' if name == 'policy' else name}_tokens_per_s"] = len(test) * tokens / best
     results["grpo_over_bare"] = results["grpo_tokens_per_s"] / results["bare_tokens_per_s"]

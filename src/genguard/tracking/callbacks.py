@@ -42,15 +42,12 @@ def trainer_metrics_logger(prefix: str) -> object:
     """
     from transformers import TrainerCallback
 
-    class TrainerMetricsLogger(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
-            import mlflow
+    epochs = MlflowEpochLogger(prefix)  # the same naming and NaN handling, step = the trainer's global step
 
-            if not state.is_world_process_zero or mlflow.active_run() is None or not logs:
-                return
-            metrics = {safe_metric_name(prefix + k): float(v) for k, v in logs.items()
-                       if isinstance(v, int | float) and v == v}
-            if metrics:
-                mlflow.log_metrics(metrics, step=int(state.global_step))
+    class TrainerMetricsLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            if state.is_world_process_zero and metrics:
+                epochs.on_epoch_end(int(state.global_step), metrics)
 
     return TrainerMetricsLogger()

@@ -168,6 +168,23 @@ def test_read_experts_caches_per_content_and_reports_unreadable_files(tmp_path):
     assert stats["failed"] == 2 and stats["hits"] == 3 and stats["misses"] == 1
 
 
+def test_a_cached_reading_decompresses_its_maps_only_when_a_view_file_is_missing(tmp_path, monkeypatch):
+    paths = [save(tmp_path / f"img{i}.png", natural_like(i, 32)) for i in range(2)]
+    expert, cache = CountingExpert(), tmp_path / "cache"
+    calibration = {"counting": Calibration.identity()}
+    read_experts(paths, [expert], cache)
+    warm, _, _ = read_experts(paths, [expert], cache)
+    evidence_for(warm[0], calibration, tmp_path / "views", "rb-0")   # writes the view: reads the maps
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    again, _, _ = read_experts(paths, [expert], cache)
+    evidence_for(again[0], calibration, tmp_path / "views", "rb-0")   # view exists: maps never opened
+    assert loads == []
+    evidence_for(again[1], calibration, tmp_path / "views", "rb-1")   # new view: maps read once
+    assert len(loads) == 1
+
+
 def test_detector_expert_is_read_in_batches_and_keyed_by_its_version(tmp_path):
     calls = []
 

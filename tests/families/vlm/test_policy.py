@@ -60,8 +60,12 @@ def test_tiny_policy_generates_from_an_image(policy):
     batch = processor(text=[text], images=[Image.new("RGB", (32, 32), "red")], return_tensors="pt")
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == (32 // 8 // 2) ** 2
     out = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] == batch["input_ids"].shape[1] + 4 or int(out[0, -1]) == model.generation_config.eos_token_id
-    assert torch.isfinite(model(**batch).logits).all()
+    assert out.shape[1] > batch["input_ids"].shape[1]  # it generated
+    blue = processor(text=[text], images=[Image.new("RGB", (32, 32), "blue")], return_tensors="pt")
+    with torch.no_grad():
+        red_logits, blue_logits = model(**batch).logits, model(**blue).logits
+    assert torch.isfinite(red_logits).all()
+    assert not torch.allclose(red_logits[0, -1], blue_logits[0, -1])  # the image reaches the text model
 
 
 def test_unknown_trl_option_names_the_block_and_the_closest_field(tmp_path):

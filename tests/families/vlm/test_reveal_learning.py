@@ -25,7 +25,12 @@ from genguard.families.vlm.experts import build_experts
 from genguard.families.vlm.judges import build_judge
 from genguard.families.vlm.policy import build_tiny_qwen2vl
 from genguard.families.vlm.report import curve_metrics
-from genguard.families.vlm.rewards import RewardLedger, build_reward_functions, score_completions
+from genguard.families.vlm.rewards import (
+    RewardLedger,
+    build_reward_functions,
+    format_reward,
+    score_completions,
+)
 from genguard.families.vlm.samples import trl_rows
 from genguard.families.vlm.training import run_grpo, run_sft
 
@@ -63,7 +68,7 @@ def trained(tmp_path_factory):
         return float(score_completions(completions, repeated, funcs, names, weights)["total"].mean())
 
     greedy, _ = generate(root / "sft_full", test, bench, max_new_tokens=160, batch_size=32)
-    return SimpleNamespace(sft=sft, sft_full=sft_full, grpo=grpo, ledger=ledger,
+    return SimpleNamespace(sft=sft, sft_full=sft_full, grpo=grpo, ledger=ledger, greedy=greedy,
                            sft_greedy=completion_table(test, greedy),
                            sampled={stage: sampled_reward(stage) for stage in ("sft", "grpo")})
 
@@ -71,6 +76,7 @@ def trained(tmp_path_factory):
 def test_sft_brings_the_greedy_format_reward_to_its_maximum(trained):
     table = trained.sft_greedy
     assert table["parsed"].all() and table["steps"].ge(3).all()
+    assert format_reward(trained.greedy) == [1.0] * len(trained.greedy)  # strict: nothing around the tags
     assert trained.sft_full["history"][-1]["loss"] < 0.1 * trained.sft["history"][0]["loss"]
 
 
@@ -79,4 +85,6 @@ def test_grpo_raises_the_sampled_reward_and_keeps_the_kl_small(trained):
     assert curve["grpo/curve/reward_gain"] > 0.2, curve             # measured +0.4 (first vs last quarter)
     assert trained.sampled["grpo"] > trained.sampled["sft"] + 0.1, trained.sampled   # held out: 1.20 -> 1.66
     assert 0 < curve["grpo/curve/max_kl"] < 0.1, curve               # beta 0.001; measured 0.03
-    assert all(value == 0 for name, value in trained.ledger.summary().items() if name.startswith("reward_errors/"))
+    ledger = trained.ledger.summary()  # every term called (an unused ledger would be empty), none failed
+    terms = {name.split("/", 1)[1] for name in ledger if name.startswith("reward_calls/")}
+    assert len(terms) == 6 and all(ledger[f"reward_errors/{t}"] == 0 < ledger[f"reward_calls/{t}"] for t in terms)

@@ -246,3 +246,22 @@ def test_real_minilm_offline_paraphrase_beats_unrelated():
     assert proxy.similarity(base, paraphrase) > proxy.similarity(base, unrelated) + 0.2
     assert proxy.consistency(base, base) == 1
     assert time.perf_counter() - start < 15
+
+
+def test_proxy_judge_embeds_each_distinct_text_once_and_keeps_a_bounded_table():
+    embedded = []
+
+    def counting(texts):
+        embedded.extend(texts)
+        return bag_of_words(texts)
+
+    judge = ProxyJudge(embedder=counting)
+    reference = "<think>1. a. 2. b. 3. c.</think><answer>1</answer>"
+    first = judge.similarity("the spectrum shows peaks", reference)
+    for completion in ("the noise is flat", "texture repeats", "the spectrum shows peaks"):
+        judge.similarity(completion, reference)
+    assert embedded.count(reference) == 1 and embedded.count("the spectrum shows peaks") == 1
+    assert judge.similarity("the spectrum shows peaks", reference) == first
+    judge.max_cached_texts = 2
+    judge.similarity("one more", "and another")
+    assert len(judge._embedded) == 2

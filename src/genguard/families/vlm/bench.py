@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from genguard.data.manifest import DataValidationError
-from genguard.families.vlm.coe import check_trace, make_record, record_frame
+from genguard.families.vlm.coe import make_record, record_frame
 from genguard.families.vlm.experts import Calibration, evidence_for, read_experts
+from genguard.io.atomic import atomic_path
 from genguard.progress import progress
 
 ON_BAD_IMAGE = ("fail", "exclude")
@@ -84,7 +85,7 @@ def build_bench(manifest: pd.DataFrame, experts: Sequence[Any], writer: Any, out
         image_id = image_ids[i]
         evidence = evidence_for(readings[i], calibrations, out_dir / "views", image_id, root=out_dir)
         coe = writer.write(evidence, int(row["label"]), image_id)
-        problems_of_trace = check_trace(coe.text(), evidence, int(row["label"]))
+        problems_of_trace = coe.qc["problems"]  # every writer runs check_trace on what it wrote
         if problems_of_trace:
             rejected.append({"id": image_id, "path": str(row["path"]), "problems": problems_of_trace})
             continue
@@ -122,10 +123,8 @@ def _expert_accuracy(readings: list[Any], calibration: Calibration, name: str, l
 def _copy(source: Path, target: Path) -> None:
     if target.is_file() and target.stat().st_size == source.stat().st_size:
         return  # a rerun over cached images keeps the files already in the bench
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    with atomic_path(target) as partial:
+        shutil.copyfile(source, partial)
 
 
 # ------------------------------------------------------------------------------------------ schema

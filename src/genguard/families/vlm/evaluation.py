@@ -31,42 +31,63 @@ def think_text(completion: str) -> str:
     return parse_completion(completion).think
 
 
-def generate(model_path: str | Path, records: Sequence[dict[str, Any]], bench_root: str | Path, *,
-             max_new_tokens: int, batch_size: int = 16, sampling: dict[str, Any] | None = None,
-             seed: int = 0) -> tuple[list[str], dict[str, float]]:
-    """Completions for ``records`` (greedy; or ``sampling`` = generate() options such as temperature, top_k,
-    top_p, num_return_sequences: then the samples of a record follow each other) and the generation speed
-    (new tokens per second)."""
-    import torch
-    from transformers import AutoModelForImageTextToText
+class LoadedPolicy:
+    """A policy folder loaded once (processor + model on the GPU when there is one) for any number of
+    :meth:`generate` calls: greedy and sampled evaluation of one stage share one load."""
 
-    from genguard.families.vlm.policy import load_processor
+    def __init__(self, model_path: str | Path) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText
 
-    processor = load_processor(model_path)
-    processor.tokenizer.padding_side = "left"  # batched decoding continues every prompt from its own end
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype="auto").to(device).eval()
-    pad = processor.tokenizer.pad_token_id
-    completions: list[str] = []
-    new_tokens, seconds = 0, 0.0
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        texts = [processor.apply_chat_template(prompt_messages(r["prompt"]), add_generation_prompt=True)
-                 for r in chunk]
-        images = [open_image(Path(bench_root) / r["image"]) for r in chunk]
-        batch = processor(text=texts, images=images, return_tensors="pt", padding=True).to(device)
-        began = time.perf_counter()
+        from genguard.families.vlm.policy import load_processor
+
+        self.processor = load_processor(model_path)
+        self.processor.tokenizer.padding_side = "left"  # batched decoding continues every prompt from its own end
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype="auto").to(self.device).eval()
+
+    def batches(self, records: Sequence[dict[str, Any]], bench_root: str | Path, batch_size: int) -> list[Any]:
+        """Processor batches of ``records`` (each image decoded once per call)."""
+        out = []
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            texts = [self.processor.apply_chat_template(prompt_messages(r["prompt"]), add_generation_prompt=True)
+                     for r in chunk]
+            images = [open_image(Path(bench_root) / r["image"]) for r in chunk]
+            out.append(self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.device))
+        return out
+
+    def generate(self, records: Sequence[dict[str, Any]], bench_root: str | Path, *, max_new_tokens: int,
+                 batch_size: int = 16, sampling: dict[str, Any] | None = None, seed: int = 0,
+                 **generate_options: Any) -> tuple[list[str], dict[str, float]]:
+        """Completions for ``records`` (greedy; or ``sampling`` = generate() options such as temperature,
+        top_k, top_p, num_return_sequences: then the samples of a record follow each other) and the
+        generation speed (new tokens per second). ``generate_options`` go to ``model.generate``."""
+        import torch
+
+        pad = self.processor.tokenizer.pad_token_id
+        completions: list[str] = []
+        new_tokens, seconds = 0, 0.0
         options = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + start)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options)
-        seconds += time.perf_counter() - began
-        generated = out[:, batch["input_ids"].shape[1]:]
-        new_tokens += int((generated != pad).sum())
-        completions += processor.batch_decode(generated, skip_special_tokens=True)
-    speed = {"new_tokens": float(new_tokens), "seconds": seconds,
-             "tokens_per_s": new_tokens / seconds if seconds else 0.0}
-    return completions, speed
+        for index, batch in enumerate(self.batches(records, bench_root, batch_size)):
+            began = time.perf_counter()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + index * batch_size)
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **options,
+                                          **generate_options)
+            seconds += time.perf_counter() - began
+            generated = out[:, batch["input_ids"].shape[1]:]
+            new_tokens += int((generated != pad).sum())
+            completions += self.processor.batch_decode(generated, skip_special_tokens=True)
+        speed = {"new_tokens": float(new_tokens), "seconds": seconds,
+                 "tokens_per_s": new_tokens / seconds if seconds else 0.0}
+        return completions, speed
+
+
+def generate(model_path: str | Path, records: Sequence[dict[str, Any]], bench_root: str | Path, **options: Any
+             ) -> tuple[list[str], dict[str, float]]:
+    """One-off :meth:`LoadedPolicy.generate` (loads the policy for this call only)."""
+    return LoadedPolicy(model_path).generate(records, bench_root, **options)
 
 
 def _rouge_l(candidate: str, reference: str) -> float:

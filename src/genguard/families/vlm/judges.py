@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -130,12 +131,24 @@ class ProxyJudge:
                  device: str = "cpu") -> None:
         self.thresholds, self.faithful = tuple(thresholds), tuple(faithful)
         self._embedder, self.model_path, self.device = embedder, model_path, device
+        self._embedded: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.max_cached_texts = 4096
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts``; each distinct text is embedded once per judge (a reference solution is
+        compared with every sampled completion of its prompt, at every GRPO step and in evaluation)."""
         if self._embedder is None:
             model = _sentence_model(self.model_path, self.device)
             self._embedder = functools.partial(model.encode, convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(self._embedder(texts), dtype=float)
+        new = list(dict.fromkeys(t for t in texts if t not in self._embedded))
+        if new:
+            self._embedded.update(zip(new, np.asarray(self._embedder(new), dtype=float), strict=True))
+        out = np.stack([self._embedded[t] for t in texts])
+        for text in texts:  # least recently used out first: a long GRPO run keeps a bounded table
+            self._embedded.move_to_end(text)
+        while len(self._embedded) > self.max_cached_texts:
+            self._embedded.popitem(last=False)
+        return out
 
     def similarity(self, a: str, b: str) -> float:
         emb = self.embed([a, b])

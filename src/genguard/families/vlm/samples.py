@@ -7,13 +7,14 @@ The released trainer reads ``messages`` + ``images`` (ms-swift); TRL reads ``pro
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from genguard.data.images import load_rgb
+from genguard.training import fingerprint
 
 EVIDENCE_KEYS = ("verdict", "score", "text")
 
@@ -31,8 +32,7 @@ def slim_evidence(experts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
 
 def open_image(path: str | Path) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return load_rgb(str(path))
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot read the bench image ({error}); rebuild the bench "
                          "(kedro run --pipeline=reveal_bench) or remove the record") from error
@@ -43,13 +43,12 @@ def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_
     holds their paths and ``datasets`` decodes each when a batch needs it (no decode at build time, no PNG
     re-encoding into the table, no 60K decoded images held at paper scale).
 
-    Its fingerprint is the records' own key (ids, chains, image paths), given rather than computed: `datasets`
-    would hash the whole Arrow table with dill, which pickles every row (slow) and, with Python 3.12 and
-    pyarrow 25, fails outright ("Can't pickle <class 'MonthDayNano'>", seen on the GPU machine)."""
-    from unittest import mock
-
+    Its fingerprint is the records' own key (ids, chains, image paths), given to ``Dataset`` rather than
+    computed: `datasets` would hash the whole Arrow table with dill, which pickles every row (slow) and, with
+    Python 3.12 and pyarrow 25, fails outright ("Can't pickle <class 'MonthDayNano'>", seen on the GPU machine)."""
     from datasets import Dataset, List
     from datasets import Image as ImageFeature
+    from datasets.table import InMemoryTable
 
     rows = []
     for record in records:
@@ -63,8 +62,6 @@ def trl_rows(records: Sequence[dict[str, Any]], bench_root: str | Path, *, with_
         if with_completion:
             row["completion"] = [{"role": "assistant", "content": [{"type": "text", "text": record["solution"]}]}]
         rows.append(row)
-    key = hashlib.sha256(json.dumps([(r["id"], r["solution"], r["image"], with_completion) for r in records])
-                         .encode()).hexdigest()[:16]
-    with mock.patch("datasets.arrow_dataset.generate_fingerprint", lambda dataset: key):
-        dataset = Dataset.from_list(rows)
+    key = fingerprint([(r["id"], r["solution"], r["image"], with_completion) for r in records])
+    dataset = Dataset(InMemoryTable.from_pylist(rows), fingerprint=key)
     return dataset.cast_column("images", List(ImageFeature(mode="RGB")), new_fingerprint=f"{key}-images")

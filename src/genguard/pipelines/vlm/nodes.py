@@ -19,16 +19,17 @@ from typing import Any
 
 import pandas as pd
 
+from genguard.data.manifest import sha256_file
 from genguard.families.vlm import bench as reveal_bench
 from genguard.families.vlm import report as reveal_report
 from genguard.families.vlm.coe import build_writer, record_frame
-from genguard.families.vlm.evaluation import completion_table, generate, per_generator, summary_metrics
+from genguard.families.vlm.evaluation import LoadedPolicy, completion_table, per_generator, summary_metrics
 from genguard.families.vlm.experts import DetectorExpert, build_expert
 from genguard.families.vlm.judges import build_judge
 from genguard.families.vlm.policy import build_tiny_qwen2vl, mark_folder, policy_info
 from genguard.families.vlm.rewards import RewardLedger, build_reward_functions, score_completions
-from genguard.families.vlm.samples import trl_rows
-from genguard.families.vlm.training import run_grpo, run_sft
+from genguard.families.vlm.samples import slim_evidence, trl_rows
+from genguard.families.vlm.training import GRPO_DEFAULTS, run_grpo, run_sft
 from genguard.training import fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,17 @@ def _detector_expert(options: dict[str, Any]) -> DetectorExpert | None:
             return None
         raise FileNotFoundError(f"reveal_bench.experts.detector.model_dir: {model_dir} holds no trained detector; "
                                 f"run kedro run --pipeline={model_dir.name} first, or set on_missing: skip")
-    predictor = load_predictor(str(model_dir))
-    version = fingerprint(json.loads((model_dir / "config.json").read_text()),
-                          (model_dir / "weights.safetensors").stat().st_size,
-                          (model_dir / "weights.safetensors").stat().st_mtime_ns)
-    return DetectorExpert(str(options.get("name", "detector")), lambda images: predictor.predict(images), version)
+    # The version is the folder's content (not file times, which a checkout or copy changes), and the
+    # detector loads only when an image has no cached reading.
+    version = fingerprint({path.name: sha256_file(path) for path in sorted(model_dir.iterdir()) if path.is_file()})
+    predictor: list[Any] = []
+
+    def score(images: list[Any]) -> Any:
+        if not predictor:
+            predictor.append(load_predictor(str(model_dir)))
+        return predictor[0].predict(images)
+
+    return DetectorExpert(str(options.get("name", "detector")), score, version)
 
 
 def experts_from_params(block: dict[str, Any]) -> tuple[list[Any], list[str]]:
@@ -61,14 +68,15 @@ def experts_from_params(block: dict[str, Any]) -> tuple[list[Any], list[str]]:
         if options is None:
             continue
         options = dict(options)
-        if options.pop("kind", name) == "detector":
+        kind = options.pop("kind", name)
+        if kind == "detector":
             expert = _detector_expert({"name": name, **options})
             if expert is None:
                 skipped.append(name)
                 continue
             experts.append(expert)
         else:
-            experts.append(build_expert(name, **options))
+            experts.append(build_expert(kind, **options))
     if len(experts) < 3:
         raise ValueError(f"reveal_bench.experts leaves {len(experts)} expert(s); a chain of evidence needs >= 3")
     return experts, skipped
@@ -120,7 +128,9 @@ def register_reveal_bench(records: list[dict[str, Any]], report: dict[str, Any],
 
 # ------------------------------------------------------------------------------------------ training
 def _bench_key(records: list[dict[str, Any]]) -> str:
-    return fingerprint([(r["id"], r["solution"], r["split"]) for r in records])
+    """What a trained stage read of the bench: ids (image content), solutions, splits and the expert evidence
+    the GRPO rewards check (an expert whose readings changed retrains, even with identical solutions)."""
+    return fingerprint([(r["id"], r["solution"], r["split"], slim_evidence(r["experts"])) for r in records])
 
 
 def _cached(folder: Path, key: str) -> dict[str, Any] | None:
@@ -240,11 +250,18 @@ def evaluate_reveal(records: list[dict[str, Any]], policy: dict[str, Any], sft: 
     funcs, weights, names = build_reward_functions(dict(rewards["weights"]), judge, ledger,
                                                    seed=int(rewards.get("seed", 0)))
     max_new_tokens, batch_size = int(block.get("max_new_tokens", 256)), int(block.get("batch_size", 16))
+    sampled = dict(block.get("sampled") or {})
+    sampled_prompts = (_split(records, reveal["splits"]["eval"], int(sampled["prompts"]), in_domain)
+                       if sampled.get("prompts") else [])
+    # GRPO's own sampling options (REVEAL's defaults under the configured ones)
+    grpo_options = {**GRPO_DEFAULTS, **(reveal.get("grpo") or {})}
+    sampling = {**{k: grpo_options[k] for k in ("temperature", "top_k", "top_p")},
+                "num_return_sequences": int(sampled.get("samples", 4))}
+    repeated = [r for r in sampled_prompts for _ in range(sampling["num_return_sequences"])]
     tables, boards, metrics = [], [], {}
-    stages = {"bare": policy, "sft": sft, "grpo": grpo}
-    for name, stage in stages.items():
-        completions, speed = generate(stage["path"], test, bench_dir, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size)
+    for name, stage in {"bare": policy, "sft": sft, "grpo": grpo}.items():
+        loaded = LoadedPolicy(stage["path"])  # one load per stage: greedy and sampled share it
+        completions, speed = loaded.generate(test, bench_dir, max_new_tokens=max_new_tokens, batch_size=batch_size)
         table = completion_table(test, completions, score_completions(completions, test, funcs, names, weights))
         tables.append(table.assign(policy=name))
         board = per_generator(table).assign(policy=name)
@@ -257,19 +274,12 @@ def evaluate_reveal(records: list[dict[str, Any]], policy: dict[str, Any], sft: 
         boards.append(board)
         metrics.update(summary_metrics(table, name))
         metrics[f"{name}/tokens_per_s"] = speed["tokens_per_s"]
-
-    sampled = dict(block.get("sampled") or {})
-    if sampled.get("prompts"):
-        prompts = _split(records, reveal["splits"]["eval"], int(sampled["prompts"]), in_domain)
-        options = {**{k: v for k, v in (reveal.get("grpo") or {}).items() if k in ("temperature", "top_k", "top_p")},
-                   "num_return_sequences": int(sampled.get("samples", 4))}
-        options = {"temperature": 1.0, "top_k": 50, "top_p": 0.9, **options}
-        repeated = [r for r in prompts for _ in range(options["num_return_sequences"])]
-        for name in ("sft", "grpo"):
-            completions, _ = generate(stages[name]["path"], prompts, bench_dir, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size, sampling=options, seed=int(sampled.get("seed", 0)))
+        if sampled_prompts and name != "bare":
+            completions, _ = loaded.generate(sampled_prompts, bench_dir, max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size, sampling=sampling, seed=int(sampled.get("seed", 0)))
             scores = score_completions(completions, repeated, funcs, names, weights)
             metrics.update({f"{name}/sampled/{column}": float(scores[column].mean()) for column in scores.columns})
+        del loaded
     metrics.update(reveal_report.curve_metrics(grpo.get("history") or []))
     metrics.update({f"judge/{k}": v for k, v in ledger.summary().items()})
     metrics["grpo/train_steps_per_s"] = float(grpo.get("steps_per_s", 0.0))
