@@ -105,8 +105,6 @@ def bench_steps(sft_steps: int = 24, grpo_steps: int = 6) -> dict[str, float]:
 def bench_generation(images: int = 64, tokens: int = 64, batch_size: int = 32, repeats: int = 3) -> dict[str, float]:
     """New tokens/s of the trained GRPO policy vs the bare policy, both forced to the same length (best of
     ``repeats``; each policy loaded once, its image batches prepared once)."""
-    import torch
-
     from genguard.families.vlm.evaluation import LoadedPolicy
 
     if not (MODELS / "grpo" / "config.json").is_file():
@@ -116,14 +114,10 @@ def bench_generation(images: int = 64, tokens: int = 64, batch_size: int = 32, r
     for name in ("policy", "grpo"):
         loaded = LoadedPolicy(MODELS / name)
         batches = loaded.batches(test, BENCH, batch_size)
-        pad = loaded.processor.tokenizer.pad_token_id
         best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
-            with torch.no_grad():
-                for batch in batches:
-                    loaded.model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                          pad_token_id=pad)
+            loaded.generate_batches(batches, max_new_tokens=tokens, batch_size=batch_size, min_new_tokens=tokens)
             best = min(best, time.perf_counter() - started)
         results[f"{'bare' if name == 'policy' else name}_tokens_per_s"] = len(test) * tokens / best
     results["grpo_over_bare"] = results["grpo_tokens_per_s"] / results["bare_tokens_per_s"]

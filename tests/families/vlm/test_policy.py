@@ -86,6 +86,10 @@ def test_marked_folder_loads_the_vlm_predictor(policy):
     predictor = load_predictor(str(policy))
     from PIL import Image
 
-    predictor.max_new_tokens = 3
-    out = predictor.predict([Image.new("RGB", (32, 32), "blue")])
-    assert list(out.columns) == ["completion", "verdict", "think"] and len(out) == 1
+    predictor.max_new_tokens, predictor.batch_size = 6, 2
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    out = predictor.predict([red, blue, red])  # two batches; one row per image, in order
+    assert list(out.columns) == ["completion", "verdict", "think"] and len(out) == 3
+    assert out["completion"][0] == out["completion"][2]  # greedy: the same image, the same answer
+    alone = predictor.predict([red])
+    assert alone["completion"][0] == out["completion"][0]

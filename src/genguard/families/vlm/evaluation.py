@@ -46,30 +46,35 @@ class LoadedPolicy:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype="auto").to(self.device).eval()
 
+    def batch(self, prompts: Sequence[str], images: Sequence[Any]) -> Any:
+        """One processor batch: each prompt with its image, as the chat template puts them."""
+        texts = [self.processor.apply_chat_template(prompt_messages(p), add_generation_prompt=True) for p in prompts]
+        return self.processor(text=texts, images=list(images), return_tensors="pt", padding=True).to(self.device)
+
     def batches(self, records: Sequence[dict[str, Any]], bench_root: str | Path, batch_size: int) -> list[Any]:
-        """Processor batches of ``records`` (each image decoded once per call)."""
-        out = []
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            texts = [self.processor.apply_chat_template(prompt_messages(r["prompt"]), add_generation_prompt=True)
-                     for r in chunk]
-            images = [open_image(Path(bench_root) / r["image"]) for r in chunk]
-            out.append(self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.device))
-        return out
+        """Processor batches of bench ``records`` (each image decoded once per call)."""
+        return [self.batch([r["prompt"] for r in chunk], [open_image(Path(bench_root) / r["image"]) for r in chunk])
+                for chunk in (records[i:i + batch_size] for i in range(0, len(records), batch_size))]
 
     def generate(self, records: Sequence[dict[str, Any]], bench_root: str | Path, *, max_new_tokens: int,
-                 batch_size: int = 16, sampling: dict[str, Any] | None = None, seed: int = 0,
-                 **generate_options: Any) -> tuple[list[str], dict[str, float]]:
-        """Completions for ``records`` (greedy; or ``sampling`` = generate() options such as temperature,
-        top_k, top_p, num_return_sequences: then the samples of a record follow each other) and the
-        generation speed (new tokens per second). ``generate_options`` go to ``model.generate``."""
+                 batch_size: int = 16, **options: Any) -> tuple[list[str], dict[str, float]]:
+        """Completions for bench ``records`` and the generation speed (see :meth:`generate_batches`)."""
+        return self.generate_batches(self.batches(records, bench_root, batch_size), max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, **options)
+
+    def generate_batches(self, batches: Sequence[Any], *, max_new_tokens: int, batch_size: int = 16,
+                         sampling: dict[str, Any] | None = None, seed: int = 0,
+                         **generate_options: Any) -> tuple[list[str], dict[str, float]]:
+        """Completions (greedy; or ``sampling`` = generate() options such as temperature, top_k, top_p,
+        num_return_sequences: then the samples of a prompt follow each other) and the generation speed (new
+        tokens per second). ``generate_options`` go to ``model.generate``."""
         import torch
 
         pad = self.processor.tokenizer.pad_token_id
         completions: list[str] = []
         new_tokens, seconds = 0, 0.0
         options = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
-        for index, batch in enumerate(self.batches(records, bench_root, batch_size)):
+        for index, batch in enumerate(batches):
             began = time.perf_counter()
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + index * batch_size)

@@ -18,31 +18,22 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 
 class RevealPredictor:
-    def __init__(self, model_dir: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
-        from transformers import AutoModelForImageTextToText
-
+    def __init__(self, model_dir: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16) -> None:
         from genguard.families.vlm.coe import PROMPT
-        from genguard.families.vlm.policy import load_processor
+        from genguard.families.vlm.evaluation import LoadedPolicy
 
-        self.processor = load_processor(model_dir)
-        self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-        self.prompt, self.max_new_tokens = PROMPT, max_new_tokens
+        self.policy = LoadedPolicy(model_dir)  # the evaluation's loader: batched, on the GPU when there is one
+        self.prompt, self.max_new_tokens, self.batch_size = PROMPT, max_new_tokens, batch_size
 
     def predict(self, model_input: Any) -> pd.DataFrame:
-        import torch
-
         from genguard.families.vlm.evaluation import parse_verdict, think_text
-        from genguard.families.vlm.samples import prompt_messages
 
         images = [image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
                   for image in image_inputs(model_input)]
-        text = self.processor.apply_chat_template(prompt_messages(self.prompt), add_generation_prompt=True)
-        batch = self.processor(text=[text] * len(images), images=images, return_tensors="pt", padding=True)
-        with torch.no_grad():
-            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.processor.tokenizer.pad_token_id)
-        completions = self.processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        batches = [self.policy.batch([self.prompt] * len(chunk), chunk)
+                   for chunk in (images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size))]
+        completions, _ = self.policy.generate_batches(batches, max_new_tokens=self.max_new_tokens,
+                                                      batch_size=self.batch_size)
         return pd.DataFrame({"completion": completions, "verdict": [parse_verdict(c) for c in completions],
                              "think": [think_text(c) for c in completions]})
 
